@@ -1,0 +1,67 @@
+"""Chunking stage: samples into sealed, encoded chunks (the unit of the buffer and of the ack).
+
+Contract: used by the pipeline thread only. ``add`` copies the sampler's values into column lists;
+``seal`` closes the current chunk, encodes it with :func:`agent.wire.encode_chunk` (closed-loop, so the
+stored bytes are exactly what the receiver will decode) and returns it, or ``None`` when empty. A chunk
+is sealed when it holds ``max_samples`` and at every commit, so a crash loses at most one commit
+interval. Chunk sequence numbers start at 0 for every boot id and never repeat within it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from agent import wire
+from agent.model import ChunkData, ChunkId, RawValue, Schema
+
+
+def new_boot_id() -> bytes:
+    return os.urandom(16)
+
+
+@dataclass(frozen=True)
+class SealedChunk:
+    id: ChunkId
+    first_tick: int
+    sample_count: int
+    payload: bytes
+
+
+class Chunker:
+    def __init__(self, schema: Schema, boot_id: bytes, max_samples: int) -> None:
+        if max_samples < 1:
+            raise ValueError("a chunk holds at least one sample")
+        self.schema = schema
+        self.boot_id = boot_id
+        self.max_samples = max_samples
+        self.next_seq = 0
+        self._ticks: list[int] = []
+        self._columns: list[list[RawValue | None]] = [[] for _ in schema.signals]
+        self.sealed: list[SealedChunk] = []  # sealed, not yet handed to the buffer
+
+    def add(self, tick: int, values: list[RawValue | None]) -> None:
+        self._ticks.append(tick)
+        for column, value in zip(self._columns, values, strict=True):
+            column.append(value)
+        if len(self._ticks) >= self.max_samples:
+            self.seal()
+
+    def __len__(self) -> int:
+        return len(self._ticks)
+
+    def seal(self) -> SealedChunk | None:
+        if not self._ticks:
+            return None
+        data = ChunkData(self.boot_id, self.next_seq, self._ticks, self._columns)
+        chunk = SealedChunk(data.id, self._ticks[0], len(self._ticks), wire.encode_chunk(self.schema, data))
+        self.next_seq += 1
+        self._ticks = []
+        self._columns = [[] for _ in self.schema.signals]
+        self.sealed.append(chunk)
+        return chunk
+
+    def take(self) -> list[SealedChunk]:
+        """Hand the sealed chunks to the caller (the buffer commit)."""
+        taken, self.sealed = self.sealed, []
+        return taken

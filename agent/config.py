@@ -1,0 +1,268 @@
+"""The agent's configuration: a YAML file read into frozen dataclasses (:class:`AgentConfig`).
+
+Every key is documented in ``config/edge-agent.example.yaml``. The keys of each section are the fields of
+its dataclass; a field without a default is a required key. Relative paths resolve against the config
+file's directory. The ``mqtt`` and ``logging`` sections are shared with the receiver
+(:mod:`receiver.config`). Configs can also be built in code: ``AgentConfig(vin=..., source=...,
+buses=(...))`` (no validation happens then).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from agent.errors import ConfigError
+from agent.settings import (
+    Alias,
+    Boolean,
+    Check,
+    Choice,
+    FilePath,
+    Float,
+    Integer,
+    ListOf,
+    MapOf,
+    Nullable,
+    Section,
+    SectionView,
+    String,
+    Value,
+    child,
+    load_document,
+    parse_document,
+    suggest,
+)
+
+DEFAULT_AGENT_CONFIG = Path("/etc/edge-agent/edge-agent.yaml")
+LOG_SUFFIXES = tuple(s + gz for s in (".log", ".asc", ".blf", ".csv", ".trc", ".mf4") for gz in ("", ".gz"))
+TOPIC_WORD = r"[^+#/\s\x00]+"  # one MQTT topic level without wildcards
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The broker connection (shared by agent and receiver). ``client_id`` is filled in by the root."""
+
+    host: str = "localhost"
+    port: int = 1883
+    prefix: str = "fleet"
+    client_id: str | None = None
+    keepalive_s: int = 30
+    username: str | None = None
+    password_file: Path | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+
+    def password(self) -> str | None:
+        """The password read from ``password_file`` (trailing newline stripped), or ``None``."""
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"mqtt.password_file: cannot read {self.password_file}: {error}") from error
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json", "journal"] = "auto"
+
+
+def check_mqtt(mqtt: MqttConfig, view: SectionView) -> None:
+    if mqtt.ca_file is not None and not mqtt.tls:
+        view.error("ca_file", "is set but tls is false (set tls: true or remove ca_file)")
+    if mqtt.password_file is not None and mqtt.username is None:
+        view.error("password_file", "is set without a username (MQTT sends a password only with one)")
+
+
+MQTT_FIELDS: dict[str, Value[Any]] = {
+    "host": String(),
+    "port": Integer(min=1, max=65535),
+    "prefix": String(
+        pattern=f"{TOPIC_WORD}(/{TOPIC_WORD})*", rule="topic levels without '+', '#' or an edge '/'"
+    ),
+    "client_id": Nullable(String()),
+    "keepalive_s": Integer(min=0, max=65535),
+    "username": Nullable(String()),
+    "password_file": Nullable(FilePath(must_exist=True)),
+    "tls": Boolean(),
+    "ca_file": Nullable(FilePath(must_exist=True)),
+}
+MQTT_CHECKS: tuple[Check[MqttConfig], ...] = (check_mqtt,)
+LOGGING_SECTION = Section(
+    LoggingConfig,
+    {
+        "level": Choice("debug", "info", "warning", "error"),
+        "format": Choice("auto", "console", "json", "journal"),
+    },
+)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where frames come from: a recorded ``log`` replayed at ``speed`` (``math.inf`` = "max"), or buses."""
+
+    kind: Literal["replay", "bus"]
+    log: Path | None = None
+    speed: float = 1.0
+
+    @property
+    def as_fast_as_possible(self) -> bool:
+        return math.isinf(self.speed)
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    """One CAN bus: the log's channel name or the interface channel, and the DBC files that decode it.
+
+    ``j1939``: ``True``/``False`` forces J1939 PGN matching on or off; ``None`` means "auto" (detect).
+    """
+
+    channel: str
+    dbc: tuple[Path, ...]
+    interface: str = "socketcan"
+    bitrate: int | None = None
+    j1939: bool | None = None
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """``signals`` empty = every signal of every DBC; ``bounds`` maps ``MESSAGE.SIGNAL`` to an error bound."""
+
+    rate_hz: float = 50.0
+    signals: tuple[str, ...] = ()
+    bounds: Mapping[str, float] = field(default_factory=dict)
+
+    def bound(self, name: str) -> float:
+        """The error bound of ``name`` (``MESSAGE.SIGNAL``): 0 (lossless) unless configured."""
+        return self.bounds.get(name, 0.0)
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    path: Path = Path("/var/lib/edge-agent/buffer.sqlite")
+    commit_interval_s: float = 1.0
+    max_bytes: int = 0  # 0 = no cap
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    max_inflight_batches: int = 8
+    max_batch_bytes: int = 262144
+    ack_timeout_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The whole agent config. ``mqtt.client_id`` defaults to ``edge-agent-<vin>``."""
+
+    vin: str
+    source: SourceConfig
+    buses: tuple[BusConfig, ...]
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        if self.mqtt.client_id is None:
+            object.__setattr__(self, "mqtt", replace(self.mqtt, client_id=f"edge-agent-{self.vin}"))
+
+
+def check_source(source: SourceConfig, view: SectionView) -> None:
+    if source.kind == "replay" and source.log is None:
+        view.error(None, "missing required key 'log' (required when kind is 'replay')")
+    if source.kind == "bus" and source.log is not None:
+        view.error("log", "is only used when kind is 'replay' (remove it, or set kind: replay)")
+
+
+def check_sampling(sampling: SamplingConfig, view: SectionView) -> None:
+    if not sampling.signals:
+        return
+    for name in sampling.bounds:
+        if name not in sampling.signals:
+            node = child(view.given.get("bounds"), name, key_node=True)
+            hint = suggest(name, sampling.signals)
+            view.error(
+                "bounds", f"signal {name!r} is not in sampling.signals{hint}", node=node, sub=f"[{name!r}]"
+            )
+
+
+SIGNAL_NAME = String(pattern=r"[^.\s]+\.[^.\s]+", rule="the form MESSAGE.SIGNAL")
+AGENT_SCHEMA = Section(
+    AgentConfig,
+    {
+        "vin": String(pattern=r"[A-Za-z0-9_-]{1,32}", rule="1–32 characters of A-Z, a-z, 0-9, '_' or '-'"),
+        "source": Section(
+            SourceConfig,
+            {
+                "kind": Choice("replay", "bus"),
+                "log": Nullable(FilePath(suffixes=LOG_SUFFIXES, must_exist=True)),
+                "speed": Alias(Float(min=0, min_open=True), {"max": math.inf}),
+            },
+            (check_source,),
+        ),
+        "buses": ListOf(
+            Section(
+                BusConfig,
+                {
+                    "channel": String(numbers=True),
+                    "interface": String(),
+                    "bitrate": Nullable(Integer(min=1)),
+                    "dbc": ListOf(FilePath(must_exist=True), min_len=1, single=True),
+                    "j1939": Alias(Boolean(), {"auto": None}),
+                },
+            ),
+            min_len=1,
+            unique="channel",
+        ),
+        "sampling": Section(
+            SamplingConfig,
+            {
+                "rate_hz": Float(min=0, max=1000, min_open=True),
+                "signals": ListOf(SIGNAL_NAME, unique=True),
+                "bounds": MapOf(SIGNAL_NAME, Float(min=0)),
+            },
+            (check_sampling,),
+        ),
+        "buffer": Section(
+            BufferConfig,
+            {
+                "path": FilePath(),
+                "commit_interval_s": Float(min=0, min_open=True),
+                "max_bytes": Integer(min=0),
+            },
+        ),
+        "mqtt": Section(MqttConfig, MQTT_FIELDS, MQTT_CHECKS),
+        "upload": Section(
+            UploadConfig,
+            {
+                "max_inflight_batches": Integer(min=1, max=1000),
+                "max_batch_bytes": Integer(min=1024),
+                "ack_timeout_s": Float(min=0, min_open=True),
+            },
+        ),
+        "logging": LOGGING_SECTION,
+    },
+)
+
+
+def parse_agent_config(
+    text: str, source_name: str, base_dir: Path, *, check_files: bool = False
+) -> AgentConfig:
+    """Parse the YAML ``text`` (named ``source_name`` in errors); relative paths resolve against ``base_dir``.
+
+    ``check_files=True`` also requires the DBC files, the replay log, ``password_file`` and ``ca_file``
+    to exist. Raises :class:`~agent.errors.ConfigError` listing every problem, one per line.
+    """
+    return parse_document(text, source_name, base_dir, AGENT_SCHEMA, check_files=check_files)
+
+
+def load_agent_config(path: Path | str, *, check_files: bool = False) -> AgentConfig:
+    """Read and parse the agent's config file at ``path`` (see :func:`parse_agent_config`)."""
+    return load_document(path, AGENT_SCHEMA, check_files=check_files)

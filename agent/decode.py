@@ -1,0 +1,186 @@
+"""Decoding stage: CAN frames to raw signal values, with cantools.
+
+Contract
+- Built once at start (:func:`build_decoder`), then used by the pipeline thread only; not thread-safe
+  (it keeps counters).
+- ``Decoder.decode(frame)`` returns ``(column, raw value)`` pairs for the configured signals that the
+  frame carries, or an empty list. It never raises on bad frames: an unknown id, a payload shorter than
+  its message (the fields that fit are still decoded) or one cantools refuses are *counted* in
+  ``Decoder.stats`` and logged once per id, because real buses carry all of these (see the Kona log).
+- Values are raw (``scaling=False``), so they are integers at the DBC resolution; :class:`SignalSpec`
+  carries the scale and offset that turn them into what cantools would print.
+- J1939: a message whose DBC says it is a J1939 parameter group is matched by PGN (priority and source
+  address ignored, PDU1's destination too), because a DBC's source address rarely matches the vehicle's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import can
+import cantools
+from cantools.database.errors import Error as CantoolsError
+
+from agent.errors import DbcError
+from agent.logs import get_logger
+from agent.model import SignalSpec
+
+log = get_logger("agent.decode")
+
+ANY_CHANNEL = "*"  # a bus entry with this channel decodes frames of every channel
+
+# Always lossless, whatever the configured bound: these carry meaning in every bit.
+_DISCRETE_NAME = re.compile(r"(counter|checksum|crc|alive|rolling|mux)", re.IGNORECASE)
+
+
+def load_dbc(path: str | Path) -> Any:
+    """Load one DBC strictly; any failure becomes a :class:`DbcError` naming the file (and line)."""
+    try:
+        return cantools.database.load_file(str(path), strict=True)
+    except FileNotFoundError as error:
+        raise DbcError(f"{path}: no such DBC file") from error
+    except (CantoolsError, ValueError, UnicodeDecodeError) as error:
+        detail = " ".join(str(error).split())
+        raise DbcError(f"{path}: does not load: {detail}") from error
+
+
+def j1939_pgn(frame_id: int) -> int:
+    """The parameter group number of a 29-bit J1939 id (PDU1 drops the destination address)."""
+    pgn = (frame_id >> 8) & 0x3FFFF
+    return pgn & 0x3FF00 if ((pgn >> 8) & 0xFF) < 240 else pgn
+
+
+@dataclass
+class _Target:
+    message: Any
+    columns: list[tuple[str, int]]  # (cantools signal name, column in the schema)
+
+
+@dataclass
+class DecodeStats:
+    frames: int = 0
+    decoded: int = 0
+    unknown: Counter[tuple[str, int]] = field(default_factory=Counter)  # (channel, id) -> count
+    truncated: Counter[tuple[str, int]] = field(default_factory=Counter)
+    errors: Counter[tuple[str, int]] = field(default_factory=Counter)
+
+
+class Decoder:
+    """Frames of several buses to raw values of one schema (see the module's contract)."""
+
+    def __init__(
+        self,
+        signals: Sequence[SignalSpec],
+        exact: dict[tuple[str, int], _Target],
+        by_pgn: dict[tuple[str, int], _Target],
+    ) -> None:
+        self.signals = tuple(signals)
+        self._exact = exact
+        self._by_pgn = by_pgn
+        self.stats = DecodeStats()
+
+    def decode(self, frame: can.Message) -> list[tuple[int, int | float]]:
+        self.stats.frames += 1
+        key: tuple[str, int] = (frame.channel, frame.arbitration_id)  # type: ignore[assignment]
+        target = self._exact.get(key) or self._exact.get((ANY_CHANNEL, frame.arbitration_id))
+        if target is None and frame.is_extended_id and self._by_pgn:
+            pgn = j1939_pgn(frame.arbitration_id)
+            target = self._by_pgn.get((key[0], pgn)) or self._by_pgn.get((ANY_CHANNEL, pgn))
+        if target is None:
+            self.stats.unknown[key] += 1
+            return []
+        data = bytes(frame.data)
+        truncated = len(data) < target.message.length
+        try:
+            values = target.message.decode(data, decode_choices=False, scaling=False, allow_truncated=True)
+        except (CantoolsError, ValueError, IndexError) as error:
+            if self.stats.errors[key] == 0:
+                log.warning(
+                    "frame_undecodable",
+                    channel=frame.channel,
+                    frame_id=hex(key[1]),
+                    message=target.message.name,
+                    reason=str(error),
+                )
+            self.stats.errors[key] += 1
+            return []
+        if truncated:
+            if self.stats.truncated[key] == 0:
+                log.warning(
+                    "frame_shorter_than_message",
+                    channel=frame.channel,
+                    frame_id=hex(key[1]),
+                    message=target.message.name,
+                    length=len(data),
+                    expected=target.message.length,
+                )
+            self.stats.truncated[key] += 1
+        self.stats.decoded += 1
+        return [(column, values[name]) for name, column in target.columns if name in values]
+
+
+def _spec(message: Any, signal: Any, bounds: dict[str, float], predictor: str) -> SignalSpec:
+    name = f"{message.name}.{signal.name}"
+    scale, offset = signal.scale, signal.offset
+    # Ask cantools itself whether its conversion yields ints, so printed values match it exactly.
+    integer_scaled = not signal.is_float and isinstance(signal.conversion.raw_to_scaled(1, False), int)
+    discrete = bool(signal.choices) or signal.length <= 2 or bool(_DISCRETE_NAME.search(signal.name))
+    bound = bounds.get(name, 0.0)
+    bound_raw = 0 if (discrete or signal.is_float or bound <= 0) else int(bound / abs(scale) + 1e-9)
+    return SignalSpec(
+        name, float(scale), float(offset), bool(signal.is_float), integer_scaled, bound_raw, predictor
+    )
+
+
+def build_decoder(
+    buses: Iterable[tuple[str, Sequence[str | Path], str]],
+    wanted: Sequence[str] = (),
+    bounds: dict[str, float] | None = None,
+    predictor: str = "hold",
+) -> Decoder:
+    """Load each bus's DBCs and pick the signals; ``buses`` is (channel, dbc paths, j1939 mode).
+
+    ``wanted`` lists ``MESSAGE.SIGNAL`` names in the order the schema will have; empty means every
+    signal of every DBC (a name defined on two buses is then taken from the first).
+    """
+    bounds = bounds or {}
+    available: dict[str, tuple[str, Any, Any]] = {}  # name -> (channel, message, signal)
+    modes: dict[str, str] = {}
+    for channel, dbc_paths, j1939 in buses:
+        modes[channel] = j1939
+        for path in dbc_paths:
+            for message in load_dbc(path).messages:
+                for signal in message.signals:
+                    name = f"{message.name}.{signal.name}"
+                    if name in available and wanted and name in wanted and available[name][0] != channel:
+                        raise DbcError(
+                            f"{name} is defined on both {available[name][0]} and {channel}: "
+                            "ambiguous (rename one message in its DBC)"
+                        )
+                    available.setdefault(name, (channel, message, signal))
+    names = list(wanted) if wanted else sorted(available)
+    missing = [n for n in names if n not in available]
+    if missing:
+        import difflib
+
+        hints = [
+            f"{n} (did you mean {', '.join(difflib.get_close_matches(n, available, 3)) or 'nothing close'}?)"
+            for n in missing
+        ]
+        raise DbcError("signals not found in any DBC: " + "; ".join(hints))
+    specs: list[SignalSpec] = []
+    exact: dict[tuple[str, int], _Target] = {}
+    by_pgn: dict[tuple[str, int], _Target] = {}
+    for column, name in enumerate(names):
+        channel, message, signal = available[name]
+        specs.append(_spec(message, signal, bounds, predictor))
+        use_pgn = modes[channel] == "true" or (modes[channel] == "auto" and message.protocol == "j1939")
+        table, key = (by_pgn, j1939_pgn(message.frame_id)) if use_pgn else (exact, message.frame_id)
+        target = table.setdefault((channel, key), _Target(message, []))
+        target.columns.append((signal.name, column))
+    return Decoder(specs, exact, by_pgn)

@@ -1,0 +1,103 @@
+"""The pipeline thread: decode, sample, chunk and commit to the buffer, in that order, on one thread.
+
+Contract
+- Consumes frame lists from a :class:`agent.source.FrameFeed` (blocking at most until the next commit is
+  due), so it never blocks a reader for longer than one commit.
+- Commits every ``commit_interval_s`` of wall time (and at the end): the open chunk is sealed and every
+  sealed chunk goes to the buffer in one durable transaction, then ``wake`` tells the uploader.
+  Between commits, samples live only in memory: that interval bounds what a crash can lose.
+- A buffer that refuses a commit (disk full, I/O error) is logged and retried at the next commit with the
+  same chunks, so nothing is silently dropped here (the buffer's cap policy decides what gives).
+- ``alive_at`` (monotonic) moves on every loop: the supervisor's watchdog reads it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from agent.buffer import Buffer
+from agent.chunk import Chunker, SealedChunk
+from agent.decode import Decoder
+from agent.errors import StorageError
+from agent.logs import get_logger
+from agent.model import Schema
+from agent.sample import Sampler, to_micros
+from agent.source import FrameFeed
+
+
+class Pipeline:
+    def __init__(
+        self,
+        decoder: Decoder,
+        schema: Schema,
+        feed: FrameFeed,
+        buffer_path: Path,
+        boot_id: bytes,
+        chunk_samples: int,
+        commit_interval_s: float,
+        wake: threading.Event,
+        vin: str,
+    ) -> None:
+        self.decoder = decoder
+        self.schema = schema
+        self.feed = feed
+        self.buffer_path = buffer_path
+        self.chunker = Chunker(schema, boot_id, chunk_samples)
+        self.sampler = Sampler(schema.rate, len(schema.signals), self.chunker.add)
+        self.commit_interval_s = commit_interval_s
+        self.wake = wake
+        self.log = get_logger("agent.pipeline", vin=vin)
+        self.alive_at = time.monotonic()
+        self.finished = threading.Event()  # the source ended and the last commit succeeded
+        self.stop_event = threading.Event()
+        self.samples_committed = 0
+        self.chunks_committed = 0
+        self._pending: list[SealedChunk] = []
+        self.thread = threading.Thread(target=self.run, name="pipeline", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def run(self) -> None:
+        buffer = Buffer(self.buffer_path)
+        schema_id = buffer.schema_id(self.schema)
+        decode, feed_sampler = self.decoder.decode, self.sampler.feed
+        next_commit = time.monotonic() + self.commit_interval_s
+        try:
+            while not self.stop_event.is_set():
+                self.alive_at = now = time.monotonic()
+                frames = self.feed.get(timeout=max(0.0, min(next_commit - now, 0.5)))
+                if frames is None:
+                    break
+                for frame in frames:
+                    feed_sampler(to_micros(frame.timestamp), decode(frame))
+                if time.monotonic() >= next_commit:
+                    self.commit(buffer, schema_id)
+                    next_commit = time.monotonic() + self.commit_interval_s
+            else:
+                self.commit(buffer, schema_id)  # stopped: keep what was sampled
+                return
+            self.sampler.finish()
+            if self.commit(buffer, schema_id):
+                self.finished.set()
+        finally:
+            buffer.close()
+
+    def commit(self, buffer: Buffer, schema_id: int) -> bool:
+        """Seal the open chunk and commit every pending chunk; False if the buffer refused."""
+        self.chunker.seal()
+        self._pending.extend(self.chunker.take())
+        if not self._pending:
+            return True
+        try:
+            buffer.append(schema_id, self._pending)
+        except StorageError as error:
+            self.log.error("commit_failed", reason=str(error), pending_chunks=len(self._pending))
+            return False
+        self.chunks_committed += len(self._pending)
+        self.samples_committed += sum(c.sample_count for c in self._pending)
+        self._pending = []
+        self.wake.set()
+        return True

@@ -1,0 +1,276 @@
+"""The receiver service: batches from MQTT into the store, then an ack back to the agent.
+
+Contract
+- Threads: paho's network thread (``loop_start``) runs every callback, so it decodes, stores and acks one
+  message at a time; :meth:`Receiver.start` and :meth:`Receiver.stop` are called from the owner's thread
+  (tests, the demo, :meth:`Receiver.run_forever` on the main thread). ``start`` does not block: paho
+  connects in the background and keeps reconnecting with its own backoff; ``on_connect`` (re)subscribes.
+- Subscription: ``$share/{share_group}/{prefix}/+/telemetry`` at QoS 1, so several receivers split the
+  load. Clean start, no session kept: anything lost with a session is resent by the agent, which deletes
+  nothing until an ack arrives.
+- What an ack means: ``{prefix}/{vin}/ack`` (QoS 1) names chunks that are committed durably in the store,
+  and it is published only after that commit. A duplicate batch is acked again (its chunks are stored).
+- Garbage (not an envelope, wrong version, bad zlib or protobuf, inconsistent columns, a topic vin that
+  is not the batch's, a rate that conflicts with the store) is logged once as ``batch_rejected`` with
+  the topic, size and reason, counted, and never acked. A storage error is logged and not acked (the
+  agent resends); the service keeps running either way.
+- The receiver owns its :class:`~receiver.store.Store` (opened by ``start``, closed by ``stop``) and the
+  counters; a message's payload is not kept after its callback returns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent import wire
+from agent.errors import ConfigError, StorageError, WireError
+from agent.logs import get_logger
+from receiver.store import RateConflictError, Store
+
+_instances = itertools.count(1)
+
+
+class MqttSettings(Protocol):
+    """The ``mqtt`` section attributes the receiver reads (``receiver.config.ReceiverMqttConfig``)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def client_id(self) -> str | None: ...
+    @property
+    def keepalive_s(self) -> int: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password_file(self) -> str | os.PathLike[str] | None: ...
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def ca_file(self) -> str | os.PathLike[str] | None: ...
+    @property
+    def share_group(self) -> str: ...
+
+
+class StoreSettings(Protocol):
+    @property
+    def path(self) -> str | os.PathLike[str]: ...
+
+
+class ReceiverSettings(Protocol):
+    """What :class:`Receiver` needs of ``receiver.config.ReceiverConfig``."""
+
+    @property
+    def mqtt(self) -> MqttSettings: ...
+    @property
+    def store(self) -> StoreSettings: ...
+
+
+@dataclass
+class Counters:
+    """Written by paho's thread only; plain ints, safe to read from any thread."""
+
+    batches: int = 0  # batches stored and acked (duplicates included)
+    chunks_new: int = 0
+    chunks_duplicate: int = 0
+    samples: int = 0  # values inserted
+    rejected: int = 0  # payloads refused: never acked
+    store_errors: int = 0  # storage failures: not acked, the agent resends
+    failed: int = 0  # unexpected exceptions while handling a message: not acked
+    acks_sent: int = 0
+    connects: int = 0  # accepted CONNACKs: 1 after start, +1 per reconnect
+
+
+class Receiver:
+    """One receiver process's MQTT client and store; see the module docstring."""
+
+    def __init__(
+        self, config: ReceiverSettings, *, reconnect_min_s: int = 1, reconnect_max_s: int = 30
+    ) -> None:
+        self.config = config
+        self.prefix = config.mqtt.prefix
+        self.subscription = f"$share/{config.mqtt.share_group}/{self.prefix}/+/telemetry"
+        self.client_id = config.mqtt.client_id or (
+            f"edge-receiver-{socket.gethostname()}-{os.getpid()}-{next(_instances)}"
+        )
+        self.counters = Counters()
+        # Bound here, not at import: get_logger's bind() freezes the logging config current at that moment.
+        self.log = get_logger("receiver.ingest", client_id=self.client_id)
+        self._reconnect = (reconnect_min_s, reconnect_max_s)
+        self._lock = threading.Lock()  # held while a message is handled; stop() waits for it
+        self._stopping = False
+        self._subscribed = threading.Event()
+        self._stop_requested = threading.Event()
+        self._client: paho.Client | None = None
+        self._store: Store | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the store and start connecting in the background; returns at once."""
+        self._store = Store(self.config.store.path)
+        try:
+            self._client = self._make_client()
+        except BaseException:
+            self._store.close()
+            raise
+        settings = self.config.mqtt
+        self._client.connect_async(settings.host, settings.port, settings.keepalive_s, clean_start=True)
+        self._client.loop_start()
+        store = os.fspath(self.config.store.path)
+        self.log.info("receiver_started", subscription=self.subscription, store=store)
+
+    def _make_client(self) -> paho.Client:
+        settings = self.config.mqtt
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
+        client.reconnect_delay_set(*self._reconnect)
+        if settings.username:
+            password = None
+            if settings.password_file is not None:
+                try:
+                    password = Path(settings.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+                except (OSError, UnicodeDecodeError) as error:
+                    raise ConfigError(
+                        f"mqtt.password_file: cannot read {os.fspath(settings.password_file)}: {error}"
+                    ) from error
+            client.username_pw_set(settings.username, password)
+        if settings.tls:
+            client.tls_set(ca_certs=os.fspath(settings.ca_file) if settings.ca_file is not None else None)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def wait_subscribed(self, timeout: float | None = None) -> bool:
+        """Block until the broker has granted the subscription (again, after a reconnect)."""
+        return self._subscribed.wait(timeout)
+
+    def stop(self) -> None:
+        """Finish the message in progress, disconnect (its ack goes out first), close the store."""
+        with self._lock:
+            self._stopping = True
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        self._subscribed.clear()
+        self.log.info("receiver_stopped", **asdict(self.counters))
+
+    def request_stop(self) -> None:
+        """Make :meth:`run_forever` return (from any thread; signal handlers call it)."""
+        self._stop_requested.set()
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM or SIGINT (or :meth:`request_stop`), then stop gracefully. Main thread only."""
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        for sig in handlers:
+            signal.signal(sig, lambda _sig, _frame: self.request_stop())
+        try:
+            self.start()
+            while not self._stop_requested.wait(1.0):
+                pass
+        finally:
+            try:
+                self.stop()
+            finally:
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+
+    # --- paho callbacks (network thread) -----------------------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            self.log.warning("connect_refused", reason=str(reason))
+            return
+        self.counters.connects += 1
+        self.log.info("connected", host=self.config.mqtt.host, port=self.config.mqtt.port)
+        client.subscribe(self.subscription, qos=1)
+
+    def _on_subscribe(self, _client: paho.Client, _userdata: Any, _mid: int, codes: Any, _props: Any) -> None:
+        if any(code.is_failure for code in codes):
+            reasons = [str(code) for code in codes]
+            self.log.error("subscribe_refused", subscription=self.subscription, reasons=reasons)
+            return
+        self._subscribed.set()
+
+    def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _p: Any) -> None:
+        self._subscribed.clear()
+        if not self._stopping:
+            self.log.warning("disconnected", reason=str(reason))
+
+    def _on_message(self, client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        with self._lock:
+            if self._stopping:
+                return  # not stored, not acked: the agent resends
+            try:
+                ack = self.handle(message.topic, bytes(message.payload))
+            except Exception:
+                self.counters.failed += 1
+                self.log.exception("message_failed", topic=message.topic, size=len(message.payload))
+                return
+            if ack is None:
+                return
+            vin, payload = ack
+            info = client.publish(f"{self.prefix}/{vin}/ack", payload, qos=1)
+            if info.rc == paho.MQTT_ERR_SUCCESS:
+                self.counters.acks_sent += 1
+            else:  # the chunks are stored: the agent's resend will be acked as a duplicate
+                self.log.warning("ack_not_sent", vin=vin, reason=paho.error_string(info.rc))
+
+    # --- one message -------------------------------------------------------------------------------------
+
+    def topic_vin(self, topic: str) -> str | None:
+        """The vin of ``{prefix}/{vin}/telemetry``, or ``None`` for any other topic."""
+        head, tail = f"{self.prefix}/", "/telemetry"
+        if not (topic.startswith(head) and topic.endswith(tail)):
+            return None
+        vin = topic[len(head) : -len(tail)]
+        return vin if vin and "/" not in vin else None
+
+    def handle(self, topic: str, payload: bytes) -> tuple[str, bytes] | None:
+        """Decode, check and store one payload; return (vin, ack payload) once committed, else ``None``."""
+        if self._store is None:
+            raise StorageError("the receiver is not started (no store is open)")
+        try:
+            vin = self.topic_vin(topic)
+            if vin is None:
+                raise WireError(f"topic is not {self.prefix}/<vin>/telemetry")
+            batch = wire.decode_batch(payload)
+            if batch.vin != vin:
+                raise WireError(f"batch is for vin {batch.vin!r} but was published under vin {vin!r}")
+            result = self._store.store_batch(batch)
+        except (WireError, RateConflictError) as error:
+            self.counters.rejected += 1
+            self.log.error("batch_rejected", topic=topic, size=len(payload), reason=str(error))
+            return None
+        except StorageError as error:
+            self.counters.store_errors += 1
+            self.log.error("store_failed", topic=topic, size=len(payload), reason=str(error))
+            return None
+        counters = self.counters
+        counters.batches += 1
+        counters.chunks_new += result.new
+        counters.chunks_duplicate += result.duplicates
+        counters.samples += result.samples
+        self.log.debug(
+            "batch_stored", vin=vin, new=result.new, duplicates=result.duplicates,
+            samples=result.samples, overlaps=result.overlaps,
+        )
+        return vin, wire.encode_ack(vin, result.stored)

@@ -1,0 +1,158 @@
+"""The uploader against a real Mosquitto, the test playing the receiver: only acks delete, resends on loss."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent import wire
+from agent.buffer import Buffer
+from agent.config import MqttConfig
+from agent.model import ChunkId
+from agent.upload import State, Uploader, UploadSettings
+from tests.harness.broker import Broker
+from tests.test_buffer import SCHEMA, sealed
+
+VIN = "TESTVIN0001"
+
+
+class FakeReceiver:
+    """A peer on the broker that records batches and acks the ones ``policy`` allows."""
+
+    def __init__(self, broker: Broker, policy: Callable[[int], bool] = lambda n: True) -> None:
+        self.batches: list[wire.DecodedBatch] = []
+        self.policy = policy
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe(f"fleet/{VIN}/telemetry", qos=1)
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def _on_message(self, client: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+        batch = wire.decode_batch(message.payload)
+        self.batches.append(batch)
+        if self.policy(len(self.batches)):
+            client.publish(f"fleet/{VIN}/ack", wire.encode_ack(VIN, [c.id for c in batch.chunks]), qos=1)
+
+    def seen(self) -> set[ChunkId]:
+        return {c.id for b in self.batches for c in b.chunks}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def buffer_path(tmp_path: Path) -> Path:
+    return tmp_path / "buffer.sqlite"
+
+
+def start_uploader(broker: Broker, path: Path, **kwargs: float) -> tuple[Uploader, threading.Event]:
+    wake = threading.Event()
+    settings = UploadSettings(VIN, "fleet", f"agent-{time.monotonic_ns()}", **kwargs)  # type: ignore[arg-type]
+    uploader = Uploader(settings, MqttConfig(host="127.0.0.1", port=broker.port), path, wake)
+    uploader.start()
+    return uploader, wake
+
+
+@pytest.fixture
+def filled(buffer_path: Path) -> Iterator[Path]:
+    buffer = Buffer(buffer_path)
+    buffer.append(buffer.schema_id(SCHEMA), sealed(b"B" * 16, 30))
+    buffer.close()
+    yield buffer_path
+
+
+def backlog(path: Path) -> int:
+    buffer = Buffer(path)
+    try:
+        return buffer.stats().chunks
+    finally:
+        buffer.close()
+
+
+def test_drains_oldest_first_and_deletes_only_acked(broker: Broker, filled: Path) -> None:
+    peer = FakeReceiver(broker)
+    uploader, _ = start_uploader(broker, filled, max_batch_bytes=200)
+    try:
+        wait_for(lambda: backlog(filled) == 0)
+        order = [c.seq for b in peer.batches for c in b.chunks]
+        assert order == sorted(order) and set(order) == set(range(30))
+        assert uploader.counters.chunks_acked == 30
+    finally:
+        uploader.stop()
+        peer.close()
+
+
+def test_without_acks_nothing_is_deleted_and_everything_is_resent(broker: Broker, filled: Path) -> None:
+    acks_on = threading.Event()
+    peer = FakeReceiver(broker, policy=lambda n: acks_on.is_set())
+    uploader, _ = start_uploader(broker, filled, ack_timeout_s=0.5, max_inflight_batches=2)
+    try:
+        wait_for(lambda: len(peer.batches) >= 2)
+        time.sleep(0.3)
+        assert len(peer.batches) == 2  # the window holds: no more than 2 unacked batches
+        assert backlog(filled) == 30  # a PUBACK deletes nothing
+        acks_on.set()
+        wait_for(lambda: backlog(filled) == 0)
+        assert uploader.counters.resends >= 1
+        assert peer.seen() == {ChunkId(b"B" * 16, n) for n in range(30)}
+    finally:
+        uploader.stop()
+        peer.close()
+
+
+def test_broker_restart_goes_offline_then_drains(broker: Broker, buffer_path: Path) -> None:
+    uploader, wake = start_uploader(broker, buffer_path)
+    peer = FakeReceiver(broker)
+    try:
+        wait_for(lambda: uploader.state is State.ONLINE)
+        broker.stop(kill=True)
+        wait_for(lambda: uploader.state is State.OFFLINE)
+        buffer = Buffer(buffer_path)
+        buffer.append(buffer.schema_id(SCHEMA), sealed(b"C" * 16, 10))
+        buffer.close()
+        wake.set()
+        time.sleep(0.5)
+        assert backlog(buffer_path) == 10
+        peer.close()
+        broker.start()
+        peer = FakeReceiver(broker)
+        wait_for(lambda: backlog(buffer_path) == 0, timeout=40)
+    finally:
+        uploader.stop()
+        peer.close()
+
+
+def test_an_ack_for_another_vin_or_garbage_deletes_nothing(broker: Broker, filled: Path) -> None:
+    uploader, _ = start_uploader(broker, filled)
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        wait_for(lambda: uploader.state is not State.OFFLINE)
+        ids = [ChunkId(b"B" * 16, n) for n in range(30)]
+        client.publish(f"fleet/{VIN}/ack", wire.encode_ack("SOMEONE-ELSE", ids), qos=1).wait_for_publish()
+        client.publish(f"fleet/{VIN}/ack", b"\x00garbage", qos=1).wait_for_publish()
+        time.sleep(0.5)
+        assert backlog(filled) == 30
+        client.publish(f"fleet/{VIN}/ack", wire.encode_ack(VIN, ids[:5]), qos=1).wait_for_publish()
+        wait_for(lambda: backlog(filled) == 25)
+    finally:
+        uploader.stop()
+        client.disconnect()
+        client.loop_stop()
