@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from agent import __version__
+from agent import __version__, logs
 from agent.errors import EdgeError
 
 COMMANDS = ("run", "replay", "sample", "simulate", "check-config", "status")
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logs.configure()  # to stderr: stdout belongs to the command's output (CSV, status)
     try:
         return int(args.handler(args))
     except EdgeError as error:

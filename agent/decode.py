@@ -169,7 +169,9 @@ def build_decoder(
         import difflib
 
         hints = [
-            f"{n} (did you mean {', '.join(difflib.get_close_matches(n, available, 3)) or 'nothing close'}?)"
+            f"{n} (did you mean {' or '.join(close)}?)"
+            if (close := difflib.get_close_matches(n, available, 3))
+            else f"{n} (no similar name)"
             for n in missing
         ]
         raise DbcError("signals not found in any DBC: " + "; ".join(hints))

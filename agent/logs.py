@@ -37,4 +37,5 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
 
 
 def get_logger(name: str, **context: Any) -> Any:
-    return structlog.get_logger(name).bind(**context)
+    # A lazy proxy: it takes the configuration in force when it first logs, not at import time.
+    return structlog.get_logger(name, **context)

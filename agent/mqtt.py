@@ -36,9 +36,11 @@ class MqttSettings(Protocol):
     def password(self) -> str | None: ...
 
 
-def make_client(settings: MqttSettings, client_id: str, persistent: bool) -> paho.Client:
+def make_client(
+    settings: MqttSettings, client_id: str, persistent: bool, reconnect: tuple[int, int] = (1, 30)
+) -> paho.Client:
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    client.reconnect_delay_set(min_delay=reconnect[0], max_delay=reconnect[1])
     if settings.username:
         client.username_pw_set(settings.username, settings.password())
     if settings.tls:

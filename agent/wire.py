@@ -27,6 +27,7 @@ from agent.model import ChunkData, ChunkId, RawValue, Schema, SignalSpec
 
 WIRE_VERSION = 1
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a decompressed body past this is refused, not allocated
+MAX_CHUNK_SAMPLES = 1_000_000  # a chunk claiming more is refused before anything is allocated
 
 
 # --- columns -------------------------------------------------------------------------------------------
@@ -123,6 +124,8 @@ def encode_chunk(schema: Schema, chunk: ChunkData) -> bytes:
 
 def _decode_chunk(schema: Schema, message: pb.Chunk) -> ChunkData:
     count = message.sample_count
+    if count > MAX_CHUNK_SAMPLES:
+        raise WireError(f"chunk {message.seq}: {count} samples is more than {MAX_CHUNK_SAMPLES}")
     if len(message.tick_dod) > max(count - 1, 0):
         raise WireError(f"chunk {message.seq}: {len(message.tick_dod)} tick deltas for {count} samples")
     ticks: list[int] = []

@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     command = sub.add_parser("run", help="receive batches over MQTT, store them, ack them")
     command.add_argument(
-        "--config", type=Path, default=DEFAULT_RECEIVER_CONFIG, metavar="FILE",
+        "--config",
+        type=Path,
+        default=DEFAULT_RECEIVER_CONFIG,
+        metavar="FILE",
         help=f"the receiver's YAML config file (default {DEFAULT_RECEIVER_CONFIG})",
     )
     command.set_defaults(handler=run)

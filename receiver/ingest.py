@@ -26,57 +26,17 @@ import signal
 import socket
 import threading
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
-from agent import wire
-from agent.errors import ConfigError, StorageError, WireError
+from agent import mqtt, wire
+from agent.errors import StorageError, WireError
 from agent.logs import get_logger
+from receiver.config import ReceiverConfig
 from receiver.store import RateConflictError, Store
 
 _instances = itertools.count(1)
-
-
-class MqttSettings(Protocol):
-    """The ``mqtt`` section attributes the receiver reads (``receiver.config.ReceiverMqttConfig``)."""
-
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def prefix(self) -> str: ...
-    @property
-    def client_id(self) -> str | None: ...
-    @property
-    def keepalive_s(self) -> int: ...
-    @property
-    def username(self) -> str | None: ...
-    @property
-    def password_file(self) -> str | os.PathLike[str] | None: ...
-    @property
-    def tls(self) -> bool: ...
-    @property
-    def ca_file(self) -> str | os.PathLike[str] | None: ...
-    @property
-    def share_group(self) -> str: ...
-
-
-class StoreSettings(Protocol):
-    @property
-    def path(self) -> str | os.PathLike[str]: ...
-
-
-class ReceiverSettings(Protocol):
-    """What :class:`Receiver` needs of ``receiver.config.ReceiverConfig``."""
-
-    @property
-    def mqtt(self) -> MqttSettings: ...
-    @property
-    def store(self) -> StoreSettings: ...
 
 
 @dataclass
@@ -98,7 +58,7 @@ class Receiver:
     """One receiver process's MQTT client and store; see the module docstring."""
 
     def __init__(
-        self, config: ReceiverSettings, *, reconnect_min_s: int = 1, reconnect_max_s: int = 30
+        self, config: ReceiverConfig, *, reconnect_min_s: int = 1, reconnect_max_s: int = 30
     ) -> None:
         self.config = config
         self.prefix = config.mqtt.prefix
@@ -107,7 +67,7 @@ class Receiver:
             f"edge-receiver-{socket.gethostname()}-{os.getpid()}-{next(_instances)}"
         )
         self.counters = Counters()
-        # Bound here, not at import: get_logger's bind() freezes the logging config current at that moment.
+        # One logger per receiver, so that every event names its client id.
         self.log = get_logger("receiver.ingest", client_id=self.client_id)
         self._reconnect = (reconnect_min_s, reconnect_max_s)
         self._lock = threading.Lock()  # held while a message is handled; stop() waits for it
@@ -121,34 +81,21 @@ class Receiver:
 
     def start(self) -> None:
         """Open the store and start connecting in the background; returns at once."""
+        self._stopping = False
         self._store = Store(self.config.store.path)
         try:
             self._client = self._make_client()
         except BaseException:
             self._store.close()
             raise
-        settings = self.config.mqtt
-        self._client.connect_async(settings.host, settings.port, settings.keepalive_s, clean_start=True)
-        self._client.loop_start()
+        mqtt.connect(self._client, self.config.mqtt, persistent=False)
         store = os.fspath(self.config.store.path)
         self.log.info("receiver_started", subscription=self.subscription, store=store)
 
     def _make_client(self) -> paho.Client:
-        settings = self.config.mqtt
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
-        client.reconnect_delay_set(*self._reconnect)
-        if settings.username:
-            password = None
-            if settings.password_file is not None:
-                try:
-                    password = Path(settings.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-                except (OSError, UnicodeDecodeError) as error:
-                    raise ConfigError(
-                        f"mqtt.password_file: cannot read {os.fspath(settings.password_file)}: {error}"
-                    ) from error
-            client.username_pw_set(settings.username, password)
-        if settings.tls:
-            client.tls_set(ca_certs=os.fspath(settings.ca_file) if settings.ca_file is not None else None)
+        client = mqtt.make_client(
+            self.config.mqtt, self.client_id, persistent=False, reconnect=self._reconnect
+        )
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
@@ -270,7 +217,6 @@ class Receiver:
         counters.chunks_duplicate += result.duplicates
         counters.samples += result.samples
         self.log.debug(
-            "batch_stored", vin=vin, new=result.new, duplicates=result.duplicates,
-            samples=result.samples, overlaps=result.overlaps,
+            "batch_stored", vin=vin, new=result.new, duplicates=result.duplicates, samples=result.samples
         )
         return vin, wire.encode_ack(vin, result.stored)

@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -39,7 +39,7 @@ import apsw
 from agent.errors import EdgeError, StorageCorruptError, StorageError, StorageFullError
 from agent.model import ChunkData, ChunkId, PhysicalValue
 from agent.wire import DecodedBatch
-from receiver.export import merge_runs, merge_ticks, missing_runs, pack_ticks
+from receiver.export import VinStats, merge_rows, merge_ticks, pack_ticks, summarize
 
 SCHEMA_VERSION = 1
 INT64 = (-(2**63), 2**63 - 1)
@@ -49,11 +49,10 @@ CREATE TABLE IF NOT EXISTS vins (
     vin TEXT PRIMARY KEY, rate_num INTEGER NOT NULL, rate_den INTEGER NOT NULL, first_seen REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chunks (
-    vin TEXT NOT NULL, boot_id BLOB NOT NULL, seq INTEGER NOT NULL,
-    first_tick INTEGER, last_tick INTEGER, sample_count INTEGER NOT NULL,
+    vin TEXT NOT NULL, boot_id BLOB NOT NULL, seq INTEGER NOT NULL, first_tick INTEGER, last_tick INTEGER,
+    sample_count INTEGER NOT NULL,
     ticks BLOB,  -- NULL when the ticks are first_tick..last_tick; else int64 little-endian, one per sample
-    values_stored INTEGER NOT NULL DEFAULT 0, overlaps INTEGER NOT NULL DEFAULT 0,
-    received_at REAL NOT NULL,
+    values_stored INTEGER NOT NULL, overlaps INTEGER NOT NULL, received_at REAL NOT NULL,
     PRIMARY KEY (vin, boot_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunks_by_tick ON chunks (vin, first_tick);
@@ -67,8 +66,7 @@ CREATE TABLE IF NOT EXISTS samples (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gaps (
     vin TEXT NOT NULL, boot_id BLOB NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
-    reason TEXT NOT NULL, recorded_at REAL NOT NULL,
-    PRIMARY KEY (vin, boot_id, first_seq, last_seq, reason)
+    reason TEXT NOT NULL, recorded_at REAL NOT NULL, PRIMARY KEY (vin, boot_id, first_seq, last_seq, reason)
 ) WITHOUT ROWID;
 """
 
@@ -88,17 +86,6 @@ class StoreResult:
     duplicates: int
     samples: int  # values inserted
     overlaps: int  # values skipped: their (signal, tick) was already held by another chunk
-
-
-@dataclass
-class VinStats:
-    vin: str
-    chunks: int = 0
-    samples: int = 0  # ticks received (sum of the chunks' sample counts)
-    values: int = 0  # values stored
-    overlaps: int = 0
-    evicted: int = 0  # chunks the agent reported evicted
-    missing: list[tuple[bytes, int, int]] = field(default_factory=list)  # seq runs neither stored nor evicted
 
 
 def _to_sql(value: PhysicalValue) -> Any:
@@ -242,20 +229,9 @@ class Store:
 
     def _insert_chunk(self, vin: str, chunk: ChunkData, now: float) -> bool:
         ticks = chunk.ticks
-        self._conn.execute(
-            "INSERT OR IGNORE INTO chunks (vin, boot_id, seq, first_tick, last_tick, sample_count, ticks, "
-            "received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                vin,
-                chunk.boot_id,
-                chunk.seq,
-                ticks[0] if ticks else None,
-                ticks[-1] if ticks else None,
-                len(ticks),
-                pack_ticks(ticks),
-                now,
-            ),
-        )
+        first, last = (ticks[0], ticks[-1]) if ticks else (None, None)
+        row = (vin, chunk.boot_id, chunk.seq, first, last, len(ticks), pack_ticks(ticks), now)
+        self._conn.execute("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?)", row)
         return bool(self._conn.changes())
 
     def _insert_samples(self, batch: DecodedBatch, chunk: ChunkData, ids: list[int]) -> tuple[int, int]:
@@ -320,45 +296,19 @@ class Store:
                 )
                 for name in names
             ]
-            heads: list[tuple[int, Any] | None] = [next(stream, None) for stream in streams]
-            for tick in merge_ticks(chunks):
-                if tick < low or tick > high:
-                    continue
-                values: list[PhysicalValue | None] = []
-                for index, stream in enumerate(streams):
-                    head = heads[index]
-                    while head is not None and head[0] < tick:
-                        head = next(stream, None)
-                    if head is not None and head[0] == tick:
-                        values.append(_from_sql(head[1]))
-                        head = next(stream, None)
-                    else:
-                        values.append(None)
-                    heads[index] = head
-                yield tick, values
+            values = [((tick, _from_sql(value)) for tick, value in stream) for stream in streams]
+            yield from merge_rows((t for t in merge_ticks(chunks) if low <= t <= high), values)
 
     def stats(self) -> list[VinStats]:
         """Per vin: chunks, samples, values, overlaps, evicted chunks, and seq runs that are missing."""
-        result = {vin: VinStats(vin) for vin in self.vins()}
-        for vin, chunks, samples, values, overlaps in self._query(
+        totals = self._query(
             "SELECT vin, count(*), sum(sample_count), sum(values_stored), sum(overlaps) "
             "FROM chunks GROUP BY vin"
-        ):
-            entry = result.setdefault(vin, VinStats(vin))
-            entry.chunks, entry.samples, entry.values, entry.overlaps = chunks, samples, values, overlaps
-        covered: dict[tuple[str, bytes], list[tuple[int, int]]] = {}
-        for vin, boot, first, last in self._query("SELECT vin, boot_id, first_seq, last_seq FROM gaps"):
-            covered.setdefault((vin, boot), []).append((first, last))
-        for (vin, _boot), runs in covered.items():
-            result.setdefault(vin, VinStats(vin)).evicted += sum(b - a + 1 for a, b in merge_runs(runs))
-        stored: dict[tuple[str, bytes], list[tuple[int, int]]] = {}
-        for vin, boot, first, last in self._query(
+        )
+        runs = self._query(  # runs of consecutive stored seqs, per boot
             "SELECT vin, boot_id, min(seq), max(seq) FROM (SELECT vin, boot_id, seq, "
             "seq - row_number() OVER (PARTITION BY vin, boot_id ORDER BY seq) AS run FROM chunks) "
-            "GROUP BY vin, boot_id, run ORDER BY vin, boot_id, run"
-        ):
-            stored.setdefault((vin, boot), []).append((first, last))
-        for (vin, boot), runs in stored.items():
-            missing = missing_runs(runs, covered.get((vin, boot), []))
-            result[vin].missing.extend((boot, first, last) for first, last in missing)
-        return [result[vin] for vin in sorted(result)]
+            "GROUP BY vin, boot_id, run"
+        )
+        evicted = self._query("SELECT vin, boot_id, first_seq, last_seq FROM gaps WHERE reason = 'evicted'")
+        return summarize(self.vins(), totals, runs, evicted)

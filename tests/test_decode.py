@@ -38,8 +38,11 @@ def frame(frame_id: int, data: bytes, channel: str = "can0", extended: bool = Fa
 
 
 def test_values_are_raw_and_specs_scale_them_like_cantools(small_dbc: Path) -> None:
-    decoder = build_decoder([("can0", [small_dbc], "auto")], ["Speed.Value", "Speed.Temp", "Speed.Gear"],
-                            {"Speed.Value": 0.5, "Speed.Gear": 5})
+    decoder = build_decoder(
+        [("can0", [small_dbc], "auto")],
+        ["Speed.Value", "Speed.Temp", "Speed.Gear"],
+        {"Speed.Value": 0.5, "Speed.Gear": 5},
+    )
     data = bytes([0x39, 0x30, 100, 3, 0, 0, 0, 0])
     got = dict(decoder.decode(frame(257, data)))
     assert got == {0: 12345, 1: 100, 2: 3}
@@ -76,7 +79,7 @@ def test_a_dbc_that_does_not_parse_names_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(DbcError, match="no such DBC file"):
         load_dbc(tmp_path / "missing.dbc")
     (tmp_path / "binary.dbc").write_bytes(b"\x00\xff\xfe" * 100)
-    with pytest.raises(DbcError, match="binary.dbc"):
+    with pytest.raises(DbcError, match=r"binary\.dbc"):
         load_dbc(tmp_path / "binary.dbc")
 
 
@@ -109,4 +112,4 @@ def test_real_j1939_truck_decodes_by_pgn_only(realdata: Path) -> None:
             speeds.append(auto.signals[0].to_physical(got[0][1]))
     assert exact.stats.decoded == 0  # the DBC's source address is not the truck's
     assert len(speeds) == 12_719  # EEC1 frames in the log (SOURCE.txt)
-    assert 640 < min(speeds) and max(speeds) < 660
+    assert min(speeds) > 640 and max(speeds) < 660

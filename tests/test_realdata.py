@@ -62,8 +62,10 @@ def reference(log: Path, dbcs: dict[str, Path], signals: list[str], rate: Fracti
                 current[ordered[index][1]] = ordered[index][2]
             index += 1
         seconds = (Decimal(at.numerator) / Decimal(at.denominator)).quantize(Decimal("0.000001"))
-        cells = ["" if n not in current else repr(current[n]) if isinstance(current[n], float) else str(current[n])
-                 for n in signals]
+        cells = [
+            "" if n not in current else repr(current[n]) if isinstance(current[n], float) else str(current[n])
+            for n in signals
+        ]
         rows.append(f"{seconds}," + ",".join(cells))
         tick += 1
     return rows
@@ -72,10 +74,19 @@ def reference(log: Path, dbcs: dict[str, Path], signals: list[str], rate: Fracti
 def test_kona_two_buses_two_dbcs(realdata: Path) -> None:
     folder = realdata / "hyundai_kona_ev_2019"
     log = folder / "kona_ev_2019_power-off-on-ready-off.candump.log"
-    signals = ["BMS_542.SocDisp", "CGW_5B3.PowerState", "Batt_HV_Status.PrechargeRelay", "SAS11.SAS_Angle",
-               "BatteryCharging.Voltage_12V", "WHL_SPD11.WHL_SPD_FL", "ParkingBrake.ParkingBrakeState"]
+    signals = [
+        "BMS_542.SocDisp",
+        "CGW_5B3.PowerState",
+        "Batt_HV_Status.PrechargeRelay",
+        "SAS11.SAS_Angle",
+        "BatteryCharging.Voltage_12V",
+        "WHL_SPD11.WHL_SPD_FL",
+        "ParkingBrake.ParkingBrakeState",
+    ]
     pcan, ccan = folder / "pcan.cantools-BS_-added.dbc", folder / "hyundai_kia_generic.dbc"
-    available = {f"{m.name}.{s.name}" for m in cantools.database.load_file(str(pcan)).messages for s in m.signals}
+    available = {
+        f"{m.name}.{s.name}" for m in cantools.database.load_file(str(pcan)).messages for s in m.signals
+    }
     signals = [s for s in signals if s in available or s.startswith(("SAS11", "WHL_SPD11"))]
     got = run_sample(log, [f"can0={pcan}", f"can1={ccan}"], signals)
     assert got == reference(log, {"can0": pcan, "can1": ccan}, signals, Fraction(50))
@@ -91,7 +102,7 @@ def test_j1939_truck_by_pgn_on_two_channels(realdata: Path) -> None:
     got = run_sample(log, [f"can0={j1939}", f"can1={gps}"], signals, rate=10.0)
     assert got == reference(log, {"can0": j1939, "can1": gps}, signals, Fraction(10))
     speeds = [float(row.split(",")[1]) for row in got[1:] if row.split(",")[1]]
-    assert 640 < min(speeds) and max(speeds) < 660  # idling, SOURCE.txt
+    assert min(speeds) > 640 and max(speeds) < 660  # idling, SOURCE.txt
 
 
 def test_mf4_original_samples_like_its_candump_conversion(realdata: Path) -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from agent import wire
 from agent.errors import StorageCorruptError
 from agent.model import ChunkData, ChunkId, RawValue, Schema, SignalSpec
+from receiver.export import merge_rows, merge_ticks, missing_runs, pack_ticks
 from receiver.store import NotFoundError, RateConflictError, Store
 
 BOOT = bytes(range(16))
@@ -186,12 +187,14 @@ def small_chunk(index: int, presence: list[bool]) -> ChunkData:
         boot,
         index // 2,
         ticks,
-        [[i * index if here else None for i, here in enumerate(presence)],
-         [None if here else i / 4 for i, here in enumerate(presence)]],
+        [
+            [i * index if here else None for i, here in enumerate(presence)],
+            [None if here else i / 4 for i, here in enumerate(presence)],
+        ],
     )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     presences=st.lists(st.lists(st.booleans(), min_size=1, max_size=6), min_size=1, max_size=6),
     extra=st.lists(st.integers(0, 5), max_size=8),
@@ -221,3 +224,22 @@ def test_any_delivery_order_stores_the_union_once(
         assert stats.chunks == len(chunks) and stats.missing == []
         assert stats.values == sum(v is not None for c in chunks for col in c.columns for v in col)
         assert list(store.rows(VIN, ["M.A", "M.B"])) == sorted(expected.items())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(-50, 50), min_size=1, max_size=12, unique=True), max_size=8))
+def test_merge_ticks_is_the_sorted_union_of_overlapping_chunks(chunk_ticks: list[list[int]]) -> None:
+    chunks = sorted(((min(t), max(t), pack_ticks(sorted(t))) for t in chunk_ticks), key=lambda c: c[0])
+    assert list(merge_ticks(chunks)) == sorted({tick for ticks in chunk_ticks for tick in ticks})
+
+
+def test_merge_rows_and_missing_runs() -> None:
+    rows = merge_rows([1, 2, 3, 5], [[(1, 10), (3, 30)], [], [(5, 1.5)]])
+    assert list(rows) == [
+        (1, [10, None, None]),
+        (2, [None] * 3),
+        (3, [30, None, None]),
+        (5, [None, None, 1.5]),
+    ]
+    assert missing_runs([(0, 1), (5, 5), (9, 9)], [(3, 3), (12, 20)]) == [(2, 2), (4, 4), (6, 8)]
+    assert missing_runs([], [(0, 4)]) == []

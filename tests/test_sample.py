@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from agent.sample import Sampler
 
 
-def run(rate: Fraction, events: list[tuple[int, int, int]], signals: int = 1) -> list[tuple[int, list[int | None]]]:
+def run(
+    rate: Fraction, events: list[tuple[int, int, int]], signals: int = 1
+) -> list[tuple[int, list[int | None]]]:
     out: list[tuple[int, list[int | None]]] = []
     sampler = Sampler(rate, signals, lambda tick, values: out.append((tick, list(values))))
     for micros, column, value in events:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import bisect
 import functools
 import gzip
+import itertools
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +79,16 @@ def values(data: Series, name: str) -> list[float]:
     return [value for _, value in data[name]]
 
 
-def latest(data: Series, name: str, t: float) -> float:
-    """The value of ``name`` last sent at or before ``t``."""
-    before = [value for stamp, value in data[name] if stamp <= t]
-    return before[-1] if before else math.nan
+def latest(data: Series, name: str) -> Callable[[float], float]:
+    """A look-up: the value of ``name`` last sent at or before a time (NaN before the first)."""
+    stamps = [stamp for stamp, _ in data[name]]
+    found = [value for _, value in data[name]]
+
+    def at(t: float) -> float:
+        index = bisect.bisect_right(stamps, t)
+        return found[index - 1] if index else math.nan
+
+    return at
 
 
 # -- the DBC ------------------------------------------------------------------------------------------
@@ -95,7 +104,12 @@ def test_dbc_loads_strictly_with_every_message_signal_and_period() -> None:
             assert signal.comment, f"{name}.{signal.name} has no comment"
     assert len({m.frame_id for m in database.messages}) == len(database.messages)
     gear = database.get_message_by_name("Gear").get_signal_by_name("Gear")
-    assert gear.length == 3 and {int(k): str(v) for k, v in gear.choices.items()} == {0: "P", 1: "R", 2: "N", 3: "D"}
+    assert gear.length == 3 and {int(k): str(v) for k, v in gear.choices.items()} == {
+        0: "P",
+        1: "R",
+        2: "N",
+        3: "D",
+    }
     cells = database.get_message_by_name("CellStats")
     assert cells.get_signal_by_name("CellMux").is_multiplexer
     assert cells.get_signal_by_name("CellVoltageMin").multiplexer_ids == [0]
@@ -145,7 +159,7 @@ def test_frames_are_ordered_standard_and_decode(personality: str) -> None:
     frames = drive(personality, 60.0, 11)
     stamps = [f.timestamp for f in frames]
     assert stamps == sorted(stamps) and len(set(stamps)) > 0.99 * len(stamps)
-    assert START <= stamps[0] and stamps[-1] < START + 60.001
+    assert stamps[0] >= START and stamps[-1] < START + 60.001
     known = {m.frame_id: m for m in db().messages}
     for frame in frames:
         assert frame.channel == "can0" and not frame.is_extended_id
@@ -170,31 +184,38 @@ def test_counters_roll_and_checksums_verify() -> None:
         for frame in (f for f in frames if f.arbitration_id == message.frame_id):
             decoded = message.decode(frame.data)
             assert decoded["Checksum"] == frame_checksum(frame.arbitration_id, frame.data, index)
-            manual = ((message.frame_id & 0xFF) + (message.frame_id >> 8) + sum(frame.data) - frame.data[index]) & 0xFF
+            manual = (
+                (message.frame_id & 0xFF) + (message.frame_id >> 8) + sum(frame.data) - frame.data[index]
+            ) & 0xFF
             assert frame.data[index] == manual
             counters.append(int(decoded["Counter"]))
         assert counters[:17] == [*range(16), 0]
-        assert all((b - a) % 16 == 1 for a, b in zip(counters, counters[1:], strict=False))
+        assert all((b - a) % 16 == 1 for a, b in itertools.pairwise(counters))
 
 
 def test_each_message_is_sent_at_its_dbc_period() -> None:
     frames = drive("city", 60.0, 11)
     for message in db().messages:
         stamps = [f.timestamp for f in frames if f.arbitration_id == message.frame_id]
-        gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
         period = message.cycle_time / 1000.0
         assert abs(sum(gaps) / len(gaps) - period) < 0.01 * period, message.name
         assert all(abs(gap - period) < 0.0003 for gap in gaps), message.name
-    phases = {round((min(f.timestamp for f in frames if f.arbitration_id == m.frame_id) - START) * 1e4) for m in db().messages}
+    phases = {
+        round((min(f.timestamp for f in frames if f.arbitration_id == m.frame_id) - START) * 1e4)
+        for m in db().messages
+    }
     assert len(phases) > 10  # messages do not all start together
 
 
 def test_cell_stats_alternate_their_multiplexer() -> None:
     data = series("city", 60.0, 11)
     muxes = values(data, "CellStats.CellMux")
-    assert muxes[:4] == [0.0, 1.0, 0.0, 1.0] and all(a != b for a, b in zip(muxes, muxes[1:], strict=False))
+    assert muxes[:4] == [0.0, 1.0, 0.0, 1.0] and all(a != b for a, b in itertools.pairwise(muxes))
     assert all(2.5 < v < 4.3 for v in values(data, "CellStats.CellVoltageMin"))
-    pairs = zip(values(data, "CellStats.CellVoltageMin"), values(data, "CellStats.CellVoltageMax"), strict=True)
+    pairs = zip(
+        values(data, "CellStats.CellVoltageMin"), values(data, "CellStats.CellVoltageMax"), strict=True
+    )
     assert all(low <= high for low, high in pairs)
 
 
@@ -208,24 +229,31 @@ def test_physics_is_sane(personality: str) -> None:
     assert min(values(data, "MotorStatus.MotorRPM")) >= 0.0  # never rolls backwards
     gears = values(data, "Gear.Gear")
     assert gears[0] == 0.0 and gears[-1] == 0.0 and set(gears) == {0.0, 3.0}
+    gear = latest(data, "Gear.Gear")
     for stamp, speed in data["DriveSpeed.VehicleSpeed"]:
         if speed > 0.0:
-            assert latest(data, "Gear.Gear", stamp + 0.1) == 3.0
+            assert gear(stamp + 0.1) == 3.0
     for name in ("Thermal.MotorTemp", "Thermal.BatteryTemp", "Thermal.CoolantTemp"):
         temps = values(data, name)
-        assert 0.0 <= min(temps) and max(temps) < 130.0 and max(temps) - min(temps) < 40.0, name
+        assert min(temps) >= 0.0 and max(temps) < 130.0 and max(temps) - min(temps) < 40.0, name
     voltages = values(data, "BatteryPower.PackVoltage")
-    assert 300.0 < min(voltages) and max(voltages) < 410.0
+    assert min(voltages) > 300.0 and max(voltages) < 410.0
     charge = sum(value for _, value in data["BatteryPower.PackCurrent"]) * 0.1  # A*s drawn
     assert charge > 0.0
     # the pack power is volts times amps and regen pushes current into the pack
-    power = zip(voltages, values(data, "BatteryPower.PackCurrent"), values(data, "BatteryPower.PackPower"), strict=True)
+    power = zip(
+        voltages,
+        values(data, "BatteryPower.PackCurrent"),
+        values(data, "BatteryPower.PackPower"),
+        strict=True,
+    )
     assert all(abs(v * i / 1000.0 - p) < 0.2 for v, i, p in power)
     torque = data["MotorStatus.MotorTorque"]
     assert any(value < -20.0 for _, value in torque)
+    current = latest(data, "BatteryPower.PackCurrent")
     for stamp, value in torque[::10]:
         if value < -20.0:
-            assert latest(data, "BatteryPower.PackCurrent", stamp + 0.05) < 20.0
+            assert current(stamp + 0.05) < 20.0
     odometer = values(data, "Odometer.Odometer")
     distance = sum(v / 3.6 for v in speeds) * 0.02 / 1000.0
     assert odometer == sorted(odometer) and abs(odometer[-1] - odometer[0] - distance) < 0.05
@@ -235,18 +263,18 @@ def test_physics_is_sane(personality: str) -> None:
 def test_heading_yaw_and_lateral_acceleration_agree(personality: str) -> None:
     data = series(personality, 60.0, 11)
     headings = values(data, "Navigation.Heading")
-    turned = sum(((b - a + 180.0) % 360.0) - 180.0 for a, b in zip(headings, headings[1:], strict=False))
+    turned = sum(((b - a + 180.0) % 360.0) - 180.0 for a, b in itertools.pairwise(headings))
     yawed = sum(values(data, "Dynamics.YawRate")) * 0.01
     assert abs(turned + yawed) < 2.0 + 0.02 * abs(yawed)  # heading is clockwise, yaw counter-clockwise
-    for stamp, yaw in data["Dynamics.YawRate"][::20]:
-        speed = latest(data, "DriveSpeed.VehicleSpeed", stamp) / 3.6
-        lateral = latest(data, "Dynamics.LateralAccel", stamp)
-        assert abs(lateral - speed * math.radians(yaw)) < 0.3
-    steering = data["Steering.SteeringAngle"]
-    for stamp, lateral in data["Dynamics.LateralAccel"][::20]:
-        if abs(lateral) > 1.0:
-            assert math.copysign(1.0, latest(data, "Steering.SteeringAngle", stamp)) == math.copysign(1.0, lateral)
-    assert max(abs(v) for _, v in steering) < 800.0
+    speed, lateral, steering = (
+        latest(data, name)
+        for name in ("DriveSpeed.VehicleSpeed", "Dynamics.LateralAccel", "Steering.SteeringAngle")
+    )
+    for stamp, yaw in data["Dynamics.YawRate"][100::20]:
+        assert abs(lateral(stamp) - speed(stamp) / 3.6 * math.radians(yaw)) < 0.3
+        if abs(lateral(stamp)) > 1.0:  # steering to the left accelerates to the left
+            assert math.copysign(1.0, steering(stamp)) == math.copysign(1.0, lateral(stamp))
+    assert max(abs(v) for v in values(data, "Steering.SteeringAngle")) < 800.0
 
 
 def test_highway_cruises_fast() -> None:
@@ -258,7 +286,7 @@ def test_highway_cruises_fast() -> None:
 def test_city_stops_and_turns() -> None:
     data = series("city", 60.0, 11)
     speeds = data["DriveSpeed.VehicleSpeed"]
-    stops = sum(1 for (_, a), (t, b) in zip(speeds, speeds[1:], strict=False) if a > 0.0 and b == 0.0 and t < 50.0)
+    stops = sum(1 for (_, a), (t, b) in itertools.pairwise(speeds) if a > 0.0 and b == 0.0 and t < 50.0)
     assert stops >= 1
     assert max(values(data, "DriveSpeed.VehicleSpeed")) < 60.0
 
@@ -267,8 +295,9 @@ def test_panic_braking_stops_hard_with_abs() -> None:
     data = series("panic_braking", 60.0, 11)
     hard = [stamp for stamp, accel in data["Dynamics.LongitudinalAccel"] if accel < -7.0]
     assert hard
-    assert any(latest(data, "VehicleFlags.ABSActive", stamp + 0.1) == 1.0 for stamp in hard)
-    assert any(latest(data, "Pedals.BrakePedal", stamp) > 90.0 for stamp in hard)
+    abs_flag, brake = latest(data, "VehicleFlags.ABSActive"), latest(data, "Pedals.BrakePedal")
+    assert any(abs_flag(stamp + 0.1) == 1.0 for stamp in hard)
+    assert any(brake(stamp) > 90.0 for stamp in hard)
     speeds = data["DriveSpeed.VehicleSpeed"]  # the wheel speeds agree: > 7 m/s^2 over half a second
     decel = [(a - b) / 3.6 / (tb - ta) for (ta, a), (tb, b) in zip(speeds, speeds[25:], strict=False)]
     assert max(decel) > 7.0
@@ -291,6 +320,12 @@ def test_unknown_personality_names_the_valid_ones() -> None:
         simulate("city", -1.0, 1, DBC)
     with pytest.raises(DbcError):
         simulate("city", 1.0, 1, DBC.with_name("missing.dbc"))
+
+
+def test_write_log_refuses_an_unknown_format_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="xyz"):
+        write_log(tmp_path / "drive.xyz", simulate("city", 1.0, 1, DBC))
+    assert list(tmp_path.iterdir()) == []
 
 
 def run_command(*argv: str) -> int:
@@ -333,7 +368,7 @@ def test_committed_replay_log(personality: str) -> None:
     if personality == "highway":
         assert mean > 80.0
     if personality == "city":
-        stops = sum(1 for a, b in zip(speeds, speeds[1:], strict=False) if a > 0.0 and b == 0.0)
+        stops = sum(1 for a, b in itertools.pairwise(speeds) if a > 0.0 and b == 0.0)
         assert stops >= 4 and mean < 40.0
     if personality == "panic_braking":
         assert sum(values(data, "VehicleFlags.ABSActive")) >= 10

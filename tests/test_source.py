@@ -15,8 +15,16 @@ from agent.source import FrameFeed, LogStats, paced, read_log
 
 
 def frames(count: int = 50) -> list[can.Message]:
-    return [can.Message(timestamp=1000.0 + i * 0.01, arbitration_id=0x100 + i % 3, data=bytes([i % 256] * 8),
-                        channel="can0", is_extended_id=False) for i in range(count)]
+    return [
+        can.Message(
+            timestamp=1000.0 + i * 0.01,
+            arbitration_id=0x100 + i % 3,
+            data=bytes([i % 256] * 8),
+            channel="can0",
+            is_extended_id=False,
+        )
+        for i in range(count)
+    ]
 
 
 @pytest.mark.parametrize("suffix", [".log", ".asc", ".blf", ".csv", ".trc", ".log.gz", ".asc.gz", ".csv.gz"])
@@ -26,7 +34,9 @@ def test_every_format_reads_back_the_same_frames(tmp_path: Path, suffix: str) ->
         for message in frames():
             writer.on_message_received(message)
     got = list(read_log(path))
-    assert [(m.arbitration_id, bytes(m.data)) for m in got] == [(m.arbitration_id, bytes(m.data)) for m in frames()]
+    assert [(m.arbitration_id, bytes(m.data)) for m in got] == [
+        (m.arbitration_id, bytes(m.data)) for m in frames()
+    ]
     assert all(isinstance(m.channel, str) for m in got)
     if suffix.startswith((".log", ".csv")):
         assert [round(m.timestamp, 6) for m in got] == [round(m.timestamp, 6) for m in frames()]
@@ -35,7 +45,9 @@ def test_every_format_reads_back_the_same_frames(tmp_path: Path, suffix: str) ->
 def test_malformed_candump_lines_are_named_skipped_and_counted(tmp_path: Path) -> None:
     path = tmp_path / "bad.log.gz"
     with gzip.open(path, "wt") as out:
-        out.write("(1.000000) can0 101#0102\nthis is not a frame\n(1.010000) can0 101#01ZZ\n(1.020000) can0 101#0103\n")
+        out.write(
+            "(1.000000) can0 101#0102\nthis is not a frame\n(1.010000) can0 101#01ZZ\n(1.020000) can0 101#0103\n"
+        )
     stats = LogStats()
     got = list(read_log(path, stats))
     assert [bytes(m.data) for m in got] == [b"\x01\x02", b"\x01\x03"]
@@ -44,7 +56,9 @@ def test_malformed_candump_lines_are_named_skipped_and_counted(tmp_path: Path) -
 
 def test_other_formats_stop_at_a_bad_line_and_name_it(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
-    path.write_text("timestamp,arbitration_id,extended,remote,error,dlc,data\n1.0,0x101,0,0,0,2,AQI=\n1.1,zz,0,0,0\n")
+    path.write_text(
+        "timestamp,arbitration_id,extended,remote,error,dlc,data\n1.0,0x101,0,0,0,2,AQI=\n1.1,zz,0,0,0\n"
+    )
     with pytest.raises(LogFormatError, match=r"bad.csv:3: "):
         list(read_log(path))
 
@@ -118,7 +132,9 @@ def test_virtual_bus_frames_reach_the_feed() -> None:
 
 def test_vcan_needs_a_kernel_module() -> None:
     if not Path("/sys/class/net/vcan0").exists():
-        pytest.skip("no vcan0 interface: this machine's kernel lacks the vcan module; the virtual bus stands in")
+        pytest.skip(
+            "no vcan0 interface: this machine's kernel lacks the vcan module; the virtual bus stands in"
+        )
     from agent.source import open_bus
 
     open_bus("socketcan", "vcan0", None).shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import zlib
 from fractions import Fraction
@@ -34,8 +35,14 @@ column_values = st.lists(st.one_of(st.none(), st.integers(-(2**40), 2**40)), min
 
 
 @settings(max_examples=300, deadline=None)
-@given(values=column_values, bound=st.integers(0, 1000), predictor=st.sampled_from(["hold", "linear", "smoothing"]))
-def test_every_reconstruction_is_within_the_bound(values: list[int | None], bound: int, predictor: str) -> None:
+@given(
+    values=column_values,
+    bound=st.integers(0, 1000),
+    predictor=st.sampled_from(["hold", "linear", "smoothing"]),
+)
+def test_every_reconstruction_is_within_the_bound(
+    values: list[int | None], bound: int, predictor: str
+) -> None:
     schema = schema_of(SignalSpec("M.s", 0.5, 0.0, False, False, bound, predictor))
     chunk = ChunkData(BOOT, 0, list(range(1000, 1000 + len(values))), [values])
     out = round_trip(schema, chunk).columns[0]
@@ -83,8 +90,12 @@ def test_physical_values_match_cantools_conventions() -> None:
 def test_batches_decode_alone_and_in_any_order() -> None:
     schema = schema_of(SignalSpec("M.s", bound_raw=3, predictor="linear"))
     rng = random.Random(5)
-    chunks = [ChunkData(BOOT, seq, list(range(seq * 50, seq * 50 + 50)),
-                        [[rng.randint(0, 1000) for _ in range(50)]]) for seq in range(6)]
+    chunks = [
+        ChunkData(
+            BOOT, seq, list(range(seq * 50, seq * 50 + 50)), [[rng.randint(0, 1000) for _ in range(50)]]
+        )
+        for seq in range(6)
+    ]
     payloads = [wire.encode_batch("V", schema, [wire.encode_chunk(schema, c)]) for c in chunks]
     order = list(range(6))
     rng.shuffle(order)
@@ -100,8 +111,11 @@ def test_ack_ranges_fold_and_round_trip() -> None:
     assert vin == "V" and ranges == [(b"a", 1, 3), (b"b", 0, 0), (b"a", 9, 9)]
 
 
-GOOD = wire.encode_batch("V", schema_of(SignalSpec("M.s")), [wire.encode_chunk(
-    schema_of(SignalSpec("M.s")), ChunkData(BOOT, 0, [1, 2], [[1, 2]]))])
+GOOD = wire.encode_batch(
+    "V",
+    schema_of(SignalSpec("M.s")),
+    [wire.encode_chunk(schema_of(SignalSpec("M.s")), ChunkData(BOOT, 0, [1, 2], [[1, 2]]))],
+)
 
 
 @pytest.mark.parametrize(
@@ -112,10 +126,21 @@ GOOD = wire.encode_batch("V", schema_of(SignalSpec("M.s")), [wire.encode_chunk(
         (b"\xff\xff\xff", "not an envelope"),
         (pb.Envelope(version=99, kind=pb.BODY_KIND_BATCH).SerializeToString(), "version 99"),
         (pb.Envelope(version=1, kind=pb.BODY_KIND_ACK).SerializeToString(), "expected a BODY_KIND_BATCH"),
-        (pb.Envelope(version=1, kind=pb.BODY_KIND_BATCH, compression=pb.COMPRESSION_ZLIB, body=b"nope")
-         .SerializeToString(), "does not decompress"),
-        (pb.Envelope(version=1, kind=pb.BODY_KIND_BATCH, compression=pb.COMPRESSION_ZLIB,
-                     body=zlib.compress(b"\x00" * (wire.MAX_BODY_BYTES + 10))).SerializeToString(), "inflates past"),
+        (
+            pb.Envelope(
+                version=1, kind=pb.BODY_KIND_BATCH, compression=pb.COMPRESSION_ZLIB, body=b"nope"
+            ).SerializeToString(),
+            "does not decompress",
+        ),
+        (
+            pb.Envelope(
+                version=1,
+                kind=pb.BODY_KIND_BATCH,
+                compression=pb.COMPRESSION_ZLIB,
+                body=zlib.compress(b"\x00" * (wire.MAX_BODY_BYTES + 10)),
+            ).SerializeToString(),
+            "inflates past",
+        ),
         (GOOD[: len(GOOD) // 2], "."),
     ],
 )
@@ -127,19 +152,22 @@ def test_garbage_is_a_wire_error_never_a_crash(payload: bytes, reason: str) -> N
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_never_escape_as_another_exception(payload: bytes) -> None:
-    try:
+    with contextlib.suppress(WireError):
         wire.decode_batch(payload)
-    except WireError:
-        pass
 
 
 def test_inconsistent_columns_are_refused() -> None:
     schema = schema_of(SignalSpec("M.s"))
     message = pb.Chunk(boot_id=BOOT, seq=0, sample_count=3)
     message.columns.add(presence_runs=[0, 5])
-    body = pb.Batch(vin="V", schema=pb.Schema(rate_num=50, rate_den=1, signals=[pb.SignalDef(name="M.s")]),
-                    chunks=[message])
-    payload = pb.Envelope(version=1, kind=pb.BODY_KIND_BATCH, body=body.SerializeToString()).SerializeToString()
+    body = pb.Batch(
+        vin="V",
+        schema=pb.Schema(rate_num=50, rate_den=1, signals=[pb.SignalDef(name="M.s")]),
+        chunks=[message],
+    )
+    payload = pb.Envelope(
+        version=1, kind=pb.BODY_KIND_BATCH, body=body.SerializeToString()
+    ).SerializeToString()
     with pytest.raises(WireError, match="presence runs cover 5"):
         wire.decode_batch(payload)
     assert schema.names == ("M.s",)

@@ -61,10 +61,15 @@ def run(args: argparse.Namespace) -> int:
     counters = agent.uploader.counters
     if args.report:
         report = {
-            "vin": config.vin, "log": str(args.log), "complete": result.complete,
-            "samples_committed": result.samples_committed, "chunks_committed": agent.pipeline.chunks_committed,
-            "frames": agent.decoder.stats.frames, "unknown_frames": sum(agent.decoder.stats.unknown.values()),
-            "bad_log_lines": agent.log_stats.bad_lines, "pending_chunks": result.backlog.chunks,
+            "vin": config.vin,
+            "log": str(args.log),
+            "complete": result.complete,
+            "samples_committed": result.samples_committed,
+            "chunks_committed": agent.pipeline.chunks_committed,
+            "frames": agent.decoder.stats.frames,
+            "unknown_frames": sum(agent.decoder.stats.unknown.values()),
+            "bad_log_lines": agent.log_stats.bad_lines,
+            "pending_chunks": result.backlog.chunks,
             **dataclasses.asdict(counters),
         }
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -49,7 +50,11 @@ _BUILDERS: dict[str, _Build] = {
         "BrakeSwitch": float(s.brake_pedal > 2.0),
     },
     "Steering": lambda s, n: {"SteeringAngle": s.steering_angle, "SteeringRate": s.steering_rate},
-    "Dynamics": lambda s, n: {"LateralAccel": s.lat_accel, "LongitudinalAccel": s.accel, "YawRate": s.yaw_rate},
+    "Dynamics": lambda s, n: {
+        "LateralAccel": s.lat_accel,
+        "LongitudinalAccel": s.accel,
+        "YawRate": s.yaw_rate,
+    },
     "BatteryPower": lambda s, n: {
         "PackVoltage": s.pack_voltage,
         "PackCurrent": s.pack_current,
@@ -63,7 +68,11 @@ _BUILDERS: dict[str, _Build] = {
         "MaxDischargePower": s.max_discharge_kw,
         "MaxRegenPower": s.max_regen_kw,
     },
-    "Thermal": lambda s, n: {"MotorTemp": s.motor_temp, "BatteryTemp": s.battery_temp, "CoolantTemp": s.coolant_temp},
+    "Thermal": lambda s, n: {
+        "MotorTemp": s.motor_temp,
+        "BatteryTemp": s.battery_temp,
+        "CoolantTemp": s.coolant_temp,
+    },
     "CellStats": lambda s, n: (
         {"CellMux": 0.0, "CellVoltageMin": s.cell_v_min, "CellVoltageMax": s.cell_v_max}
         if n % 2 == 0
@@ -123,7 +132,9 @@ def _slots(db: Any, dbc_path: str | Path) -> list[_Slot]:
         limits = {}
         for signal in message.signals:
             raw_low, raw_high = (
-                (-(2 ** (signal.length - 1)), 2 ** (signal.length - 1) - 1) if signal.is_signed else (0, 2**signal.length - 1)
+                (-(2 ** (signal.length - 1)), 2 ** (signal.length - 1) - 1)
+                if signal.is_signed
+                else (0, 2**signal.length - 1)
             )
             low = signal.minimum if signal.minimum is not None else raw_low * signal.scale + signal.offset
             high = signal.maximum if signal.maximum is not None else raw_high * signal.scale + signal.offset
@@ -135,8 +146,9 @@ def _slots(db: Any, dbc_path: str | Path) -> list[_Slot]:
                 raise DbcError(f"{dbc_path}: {name}.Checksum must be one whole byte")
             checksum_index = checksum.start // 8
         phase_us = (message.frame_id * 7 % period_ms) * 1000 + message.frame_id * 53 % 500
+        counter = "Counter" in limits
         slots.append(
-            _Slot(name, message.frame_id, period_ms * 1000, phase_us, build, limits, "Counter" in limits, checksum_index)
+            _Slot(name, message.frame_id, period_ms * 1000, phase_us, build, limits, counter, checksum_index)
         )
     return slots
 
@@ -156,8 +168,8 @@ def simulate(
     """
     if personality not in PERSONALITIES:
         raise SourceError(f"unknown personality {personality!r}; valid: {', '.join(PERSONALITIES)}")
-    if not duration_s >= 0.0:
-        raise SourceError(f"the duration must be zero or more seconds, not {duration_s!r}")
+    if not (math.isfinite(duration_s) and duration_s >= 0.0):
+        raise SourceError(f"the duration must be a finite number of seconds >= 0, not {duration_s!r}")
     db = _load(dbc_path)
     return _frames(db, _slots(db, dbc_path), personality, float(duration_s), seed, start_time, channel)
 
@@ -213,33 +225,45 @@ def write_log(path: str | Path, frames: Iterable[can.Message]) -> int:
 
     ``*.log`` is a candump ``-l`` log; ``*.log.gz`` is the same, gzip-compressed (with a zero mtime and no
     embedded name, so identical frames give an identical file); other suffixes go to ``can.Logger``.
-    The file appears under its name only when complete.
+    The file appears under its name only once complete. Raises :class:`SourceError` when it cannot be
+    written (unknown format, no permission, full disk).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial{''.join(target.suffixes[-2:])}")
+    candump_gz = [part.lower() for part in target.suffixes[-2:]] == [".log", ".gz"]
+    suffix = "".join(target.suffixes[-2:]) if target.suffix.lower() == ".gz" else target.suffix
+    partial = target.with_name(f".{target.name.replace('.', '_')}-{os.getpid()}-partial{suffix}")
     count = 0
     try:
-        if [suffix.lower() for suffix in target.suffixes[-2:]] == [".log", ".gz"]:
-            with open(partial, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if candump_gz:
+            with (
+                open(partial, "wb") as raw,
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed,
+            ):
                 text = io.TextIOWrapper(packed, encoding="ascii", newline="\n")
                 writer: can.io.generic.MessageWriter = can.CanutilsLogWriter(text)
-                try:
-                    for frame in frames:
-                        writer.on_message_received(frame)
-                        count += 1
-                finally:
-                    writer.stop()  # closes the text layer and the gzip stream; `raw` stays ours
+                count = _write_all(writer, frames)  # stopping it closes the text and gzip layers, not `raw`
         else:
-            writer = can.Logger(partial)
             try:
-                for frame in frames:
-                    writer.on_message_received(frame)
-                    count += 1
-            finally:
-                writer.stop()
+                other = can.Logger(partial)
+            except ValueError as error:  # python-can's word for an unknown suffix
+                raise SourceError(f"{target}: {error}") from error
+            count = _write_all(other, frames)
         os.replace(partial, target)
+    except OSError as error:
+        raise SourceError(f"{target}: cannot write the log: {error}") from error
     finally:
         if partial.exists():
             partial.unlink()
+    return count
+
+
+def _write_all(writer: can.io.generic.MessageWriter, frames: Iterable[can.Message]) -> int:
+    count = 0
+    try:
+        for frame in frames:
+            writer.on_message_received(frame)
+            count += 1
+    finally:
+        writer.stop()
     return count

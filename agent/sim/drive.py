@@ -16,7 +16,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from agent.sim.physics import COAST_PEDAL, GEAR_D, GEAR_P, Controls, Vehicle, clamp
+from agent.sim.physics import COAST_PEDAL, GEAR_D, GEAR_P, GRAVITY, Controls, Vehicle, clamp
 
 PERSONALITIES: tuple[str, ...] = ("highway", "city", "aggressive", "panic_braking")
 KMH = 1.0 / 3.6
@@ -41,7 +41,7 @@ STYLES = {
 
 
 class Path:
-    """A queue of one curvature manoeuvre at a time, advanced by the distance driven."""
+    """One curvature manoeuvre at a time, advanced by the distance driven (none: straight ahead)."""
 
     def __init__(self) -> None:
         self.kind = ""
@@ -172,7 +172,7 @@ class Driver:
                 want_accel = COAST_PEDAL * (1.0 + force / regen)
             else:
                 want_accel = 0.0
-                demand = self.car.p.brake_demand_g * self.car.p.mass * 9.81
+                demand = self.car.p.brake_demand_g * self.car.p.mass * GRAVITY
                 want_brake = min(1.0, (-force - regen) / demand)
         follow = min(1.0, dt / self.style.pedal_tau)
         self.accel_pedal += (want_accel - self.accel_pedal) * follow
@@ -274,7 +274,7 @@ class Driver:
                 self.panic = False
                 self._go(0.0)
                 self._to("hold", self.rng.uniform(2.0, 5.0))
-        elif self.panic_timer <= 0.0 and self.state != "hold":
+        elif self.panic_timer <= 0.0 and v > 8.0:
             self.panic, self.panic_delay = True, self.rng.uniform(0.15, 0.4)
             self.panic_timer = self.rng.uniform(20.0, 45.0)
             self._to("panic")

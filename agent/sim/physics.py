@@ -135,8 +135,7 @@ class Vehicle:
     """Integrates the car one step at a time; ``state`` is what the bus reports."""
 
     def __init__(self, rng: random.Random, params: VehicleParams | None = None) -> None:
-        self.p = params or VehicleParams()
-        self.rng = rng
+        self.p, self.rng = params or VehicleParams(), rng
         self.ambient = rng.uniform(8.0, 30.0)
         self.mu = rng.uniform(0.9, 1.0)  # dry asphalt
         self.cell_imbalance = rng.uniform(0.004, 0.015)  # V
@@ -154,8 +153,7 @@ class Vehicle:
         self._electrical(0.0, 0.0, 0.0)
 
     # -- what the driver (and the feed-forward of its pedal model) can know about the car -------------
-    def motor_speed(self) -> float:
-        """Motor speed in rad/s."""
+    def motor_speed(self) -> float:  # rad/s
         return self.speed / self.p.wheel_radius * self.p.gear_ratio
 
     def _torque_to_force(self, torque: float) -> float:
@@ -183,10 +181,9 @@ class Vehicle:
     def regen_force_limit(self) -> float:
         return self._torque_to_force(self.regen_torque_limit())
 
-    def resistance(self, speed: float | None = None) -> float:
-        """Drag plus rolling resistance at ``speed`` (default: now), in N."""
-        v = self.speed if speed is None else speed
-        p = self.p
+    def resistance(self) -> float:
+        """Drag plus rolling resistance now, in N."""
+        p, v = self.p, self.speed
         rolling = p.rolling_resistance * p.mass * GRAVITY if v > 0.0 else 0.0
         return 0.5 * AIR_DENSITY * p.drag_coefficient * p.frontal_area * v * v + rolling
 
@@ -222,7 +219,7 @@ class Vehicle:
             brake_force = 0.8 * grip - max(0.0, -drive_force)
 
         if v > 0.0:
-            net = drive_force - self.resistance(v) - brake_force
+            net = drive_force - self.resistance() - brake_force
             new_v = max(0.0, v + net / p.effective_mass * dt)
         else:  # standing: the brakes and the rolling resistance can only hold the car
             net = drive_force - brake_force - p.rolling_resistance * p.mass * GRAVITY
@@ -292,11 +289,8 @@ class Vehicle:
         radiator = p.radiator_closed + opening * (p.radiator_open + p.radiator_per_speed * self.speed)
         s.motor_temp += (motor_loss - to_motor) / p.motor_heat_capacity * dt
         s.battery_temp += (current * current * resistance - to_battery) / p.battery_heat_capacity * dt
-        s.coolant_temp += (
-            (to_motor + to_battery - radiator * (s.coolant_temp - self.ambient))
-            / p.coolant_heat_capacity
-            * dt
-        )
+        heat = to_motor + to_battery - radiator * (s.coolant_temp - self.ambient)
+        s.coolant_temp += heat / p.coolant_heat_capacity * dt
         hysteresis = 5.0 if s.overheat else 0.0
         s.overheat = (
             s.motor_temp > p.motor_warn_temp - hysteresis
