@@ -14,6 +14,7 @@ Contract
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from agent import wire
 from agent.chunk import SealedChunk
 from agent.errors import StorageCorruptError, StorageError, StorageFullError
 from agent.logs import get_logger
-from agent.model import Schema
+from agent.model import ChunkId, Schema
 
 log = get_logger("agent.buffer")
 
@@ -36,9 +37,13 @@ CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     boot_id BLOB NOT NULL, seq INTEGER NOT NULL, schema_id INTEGER NOT NULL REFERENCES schemas(id),
     first_tick INTEGER NOT NULL, sample_count INTEGER NOT NULL, payload BLOB NOT NULL,
-    created REAL NOT NULL, UNIQUE (boot_id, seq));
+    created REAL NOT NULL, degraded INTEGER NOT NULL DEFAULT 0, UNIQUE (boot_id, seq));
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS evictions (
+    id INTEGER PRIMARY KEY, boot_id BLOB NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    reason TEXT NOT NULL, at REAL NOT NULL);
 """
+COUNTERS = ("payload_bytes", "dropped_chunks", "dropped_samples", "degraded_chunks", "last_ack_at")
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,17 @@ class BufferStats:
     oldest_created: float | None
     last_ack_at: float | None
     dropped_chunks: int
+    dropped_samples: int = 0
+    degraded_chunks: int = 0
+
+
+@dataclass(frozen=True)
+class Cap:
+    """The user's limits on the backlog (0 = none) and what gives when they are reached."""
+
+    max_bytes: int = 0
+    max_age_s: float = 0.0
+    policy: str = "drop_oldest"  # or refuse_new
 
 
 def _wrap(path: Path, action: str, error: Exception) -> StorageError:
@@ -70,8 +86,14 @@ def _wrap(path: Path, action: str, error: Exception) -> StorageError:
 
 
 class Buffer:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, check: bool = False) -> None:
+        """Open (creating it if needed); ``check`` runs SQLite's quick_check and quarantines a bad file.
+
+        The daemon opens the buffer once with ``check`` at start; the stage threads then open their own
+        connections without it.
+        """
         self.path = Path(path)
+        self.check = check
         self._schemas: dict[int, Schema] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,13 +117,25 @@ class Buffer:
             db.setbusytimeout(5000)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            if db.execute("PRAGMA quick_check").fetchall() != [("ok",)]:
+            if self.check and db.execute("PRAGMA quick_check").fetchall() != [("ok",)]:
                 raise apsw.CorruptError("quick_check failed")
             with db:
                 db.execute(SCHEMA_SQL)
+                if self.check:  # the running totals heal from any drift at every start
+                    db.execute(
+                        "INSERT OR REPLACE INTO counters SELECT 'payload_bytes', coalesce(sum(length(payload)), 0)"
+                        " FROM chunks;"
+                        "INSERT OR REPLACE INTO counters SELECT 'backlog_chunks', count(*) FROM chunks;"
+                        "INSERT OR REPLACE INTO counters SELECT 'backlog_samples', coalesce(sum(sample_count), 0)"
+                        " FROM chunks"
+                    )
             return db
         except apsw.Error as error:
             raise _wrap(self.path, "open", error) from error
+
+    def _q(self, sql: str, bindings: Any = ()) -> list[Any]:
+        """Rows of one statement, untyped (apsw's row type is a union); callers wrap errors."""
+        return list(self.db.execute(sql, bindings).fetchall())
 
     def _run(self, action: str, sql: str, bindings: Any = ()) -> list[Any]:
         try:
@@ -128,23 +162,131 @@ class Buffer:
             self._schemas[schema_id] = wire.schema_from_bytes(rows[0][0])
         return self._schemas[schema_id]
 
-    def append(self, schema_id: int, chunks: Sequence[SealedChunk]) -> None:
-        """Commit ``chunks`` in one durable transaction (see the module's contract)."""
+    def append(
+        self, schema_id: int, chunks: Sequence[SealedChunk], cap: Cap | None = None
+    ) -> list[SealedChunk]:
+        """Commit ``chunks`` in one durable transaction, first making room under ``cap``.
+
+        Returns the chunks that were refused (``refuse_new`` with a full buffer): they are counted and
+        reported to the receiver as evicted, never silently lost.
+        """
         if not chunks:
-            return
+            return []
         now = time.time()
-        rows = [
-            (c.id.boot_id, c.id.seq, schema_id, c.first_tick, c.sample_count, c.payload, now) for c in chunks
-        ]
+        incoming = sum(len(c.payload) for c in chunks)
         try:
             with self.db:
+                if cap is not None and not self._make_room(cap, incoming, now):
+                    self._record_evictions(
+                        [(c.id.boot_id, c.id.seq, c.sample_count) for c in chunks], "refused"
+                    )
+                    return list(chunks)
                 self.db.executemany(
                     "INSERT INTO chunks (boot_id, seq, schema_id, first_tick, sample_count, payload, created)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
+                    [
+                        (c.id.boot_id, c.id.seq, schema_id, c.first_tick, c.sample_count, c.payload, now)
+                        for c in chunks
+                    ],
                 )
+                self._account(len(chunks), sum(c.sample_count for c in chunks), incoming)
         except apsw.Error as error:
-            raise _wrap(self.path, f"commit {len(rows)} chunks", error) from error
+            raise _wrap(self.path, f"commit {len(chunks)} chunks", error) from error
+        return []
+
+    def _bump(self, name: str, by: float) -> None:
+        self.db.execute(
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
+        )
+
+    def _account(self, chunks: int, samples: int, size: int) -> None:
+        """Keep the backlog's running totals, so status never scans the table."""
+        self._bump("backlog_chunks", chunks)
+        self._bump("backlog_samples", samples)
+        self._bump("payload_bytes", size)
+
+    def _counter(self, name: str) -> float:
+        rows = self._q("SELECT value FROM counters WHERE name = ?", (name,))
+        return float(rows[0][0]) if rows else 0.0
+
+    def _make_room(self, cap: Cap, incoming: int, now: float) -> bool:
+        """Inside the caller's transaction: drop what the cap says must go; False = refuse the new data."""
+        if cap.max_age_s > 0:
+            self._drop_where("created < ?", (now - cap.max_age_s,), "age")
+        if cap.max_bytes <= 0:
+            return True
+        excess = self._counter("payload_bytes") + incoming - cap.max_bytes
+        if excess <= 0:
+            return True
+        if cap.policy == "refuse_new":
+            return False
+        freed = 0
+        victims = []
+        for row_id, size in self._q("SELECT id, length(payload) FROM chunks ORDER BY id LIMIT 10000"):
+            victims.append(row_id)
+            freed += size
+            if freed >= excess:
+                break
+        if victims:
+            self._drop_where("id <= ?", (victims[-1],), "cap")
+        return True
+
+    def _drop_where(self, condition: str, bindings: tuple[Any, ...], reason: str) -> None:
+        rows = self._q(
+            f"SELECT boot_id, seq, sample_count, length(payload) FROM chunks WHERE {condition} ORDER BY id",
+            bindings,
+        )
+        if not rows:
+            return
+        self.db.execute(f"DELETE FROM chunks WHERE {condition}", bindings)
+        self._account(-len(rows), -sum(r[2] for r in rows), -sum(r[3] for r in rows))
+        self._record_evictions([(bytes(r[0]), r[1], r[2]) for r in rows], reason)
+        log.warning("buffer_evicted", reason=reason, chunks=len(rows), samples=sum(r[2] for r in rows))
+
+    def _record_evictions(self, chunks: list[tuple[bytes, int, int]], reason: str) -> None:
+        now = time.time()
+        for boot_id, first, last in wire.chunk_ranges(ChunkId(b, s) for b, s, _ in chunks):
+            self.db.execute(
+                "INSERT INTO evictions (boot_id, first_seq, last_seq, reason, at) VALUES (?, ?, ?, ?, ?)",
+                (boot_id, first, last, reason, now),
+            )
+        self._bump("dropped_chunks", len(chunks))
+        self._bump("dropped_samples", sum(count for _, _, count in chunks))
+
+    def free_space(self, wanted: int, reason: str) -> int:
+        """Drop the oldest chunks until ``wanted`` bytes are freed, then shrink the WAL (a full disk)."""
+        try:
+            with self.db:
+                rows = self._q("SELECT id, length(payload) FROM chunks ORDER BY id LIMIT 100000")
+                freed, last = 0, None
+                for row_id, size in rows:
+                    freed, last = freed + size, row_id
+                    if freed >= wanted:
+                        break
+                if last is not None:
+                    self._drop_where("id <= ?", (last,), reason)
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except apsw.Error as error:
+            raise _wrap(self.path, "free space", error) from error
+        return freed
+
+    def notices(self, limit: int = 100) -> list[tuple[int, bytes, int, int]]:
+        """Evictions not yet reported to a receiver: (notice id, boot id, first seq, last seq)."""
+        rows = self._run(
+            "read notices",
+            "SELECT id, boot_id, first_seq, last_seq FROM evictions ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+
+    def clear_notices(self, ids: Iterable[int]) -> None:
+        """The receiver stored a batch that carried these notices: they are in its gap ledger now."""
+        try:
+            with self.db:
+                self.db.executemany("DELETE FROM evictions WHERE id = ?", [(i,) for i in ids])
+        except apsw.Error as error:
+            raise _wrap(self.path, "clear eviction notices", error) from error
 
     def oldest(
         self, after_row: int = 0, max_bytes: int = 256 * 1024, max_chunks: int = 10_000
@@ -168,29 +310,66 @@ class Buffer:
 
     def delete(self, ranges: Iterable[tuple[bytes, int, int]]) -> int:
         """Delete the acked ranges (boot id, first seq, last seq); returns how many rows went."""
-        deleted = 0
+        deleted = freed = samples = 0
         try:
             with self.db:
                 for boot_id, first, last in ranges:
-                    self.db.execute(
-                        "DELETE FROM chunks WHERE boot_id = ? AND seq BETWEEN ? AND ?", (boot_id, first, last)
-                    )
-                    deleted += self.db.changes()
+                    where = "boot_id = ? AND seq BETWEEN ? AND ?"
+                    row = self._q(
+                        f"SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(sum(sample_count), 0)"
+                        f" FROM chunks WHERE {where}",
+                        (boot_id, first, last),
+                    )[0]
+                    self.db.execute(f"DELETE FROM chunks WHERE {where}", (boot_id, first, last))
+                    deleted, freed, samples = deleted + row[0], freed + row[1], samples + row[2]
+                self._account(-deleted, -samples, -freed)
                 self.db.execute("INSERT OR REPLACE INTO counters VALUES ('last_ack_at', ?)", (time.time(),))
         except apsw.Error as error:
             raise _wrap(self.path, "delete acked chunks", error) from error
         return deleted
 
     def stats(self) -> BufferStats:
-        chunks, samples, size, oldest = self._run(
-            "stats",
-            "SELECT count(*), coalesce(sum(sample_count), 0), coalesce(sum(length(payload)), 0),"
-            " min(created) FROM chunks",
-        )[0]
+        """The backlog from the running totals: constant time, whatever the backlog's size."""
         counters = dict(self._run("stats", "SELECT name, value FROM counters"))
+        oldest = self._run("stats", "SELECT created FROM chunks ORDER BY id LIMIT 1")
         return BufferStats(
-            chunks, samples, size, oldest, counters.get("last_ack_at"), int(counters.get("dropped_chunks", 0))
+            int(counters.get("backlog_chunks", 0)),
+            int(counters.get("backlog_samples", 0)),
+            int(counters.get("payload_bytes", 0)),
+            oldest[0][0] if oldest else None,
+            counters.get("last_ack_at"),
+            int(counters.get("dropped_chunks", 0)),
+            int(counters.get("dropped_samples", 0)),
+            int(counters.get("degraded_chunks", 0)),
         )
 
     def close(self) -> None:
         self.db.close()
+
+
+class DiskReserve:
+    """A file of spare bytes beside the buffer, given back to the file system when the disk fills up.
+
+    SQLite needs a little free space even to delete rows (the WAL grows first); without this, a disk that
+    is full to the last byte could refuse the very eviction that would make room.
+    """
+
+    def __init__(self, buffer_path: Path, size: int = 1 << 20) -> None:
+        self.path = buffer_path.with_name(buffer_path.name + ".reserve")
+        self.size = size
+        self.restore()
+
+    def restore(self) -> bool:
+        try:
+            if not self.path.exists() or self.path.stat().st_size < self.size:
+                with open(self.path, "wb") as out:
+                    out.write(b"\0" * self.size)
+                    out.flush()
+                    os.fsync(out.fileno())
+            return True
+        except OSError:
+            self.path.unlink(missing_ok=True)
+            return False
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -147,6 +147,9 @@ class BufferConfig:
     path: Path = Path("/var/lib/edge-agent/buffer.sqlite")
     commit_interval_s: float = 1.0
     max_bytes: int = 0  # 0 = no cap
+    max_age_s: float = 0.0  # 0 = no age limit
+    full_policy: Literal["drop_oldest", "refuse_new"] = "drop_oldest"
+    degrade: bool = True  # coarsen the oldest lossy chunks before dropping anything
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,7 @@ class UploadConfig:
     max_inflight_batches: int = 8
     max_batch_bytes: int = 262144
     ack_timeout_s: float = 15.0
+    max_bytes_per_s: float = 0.0  # 0 = no bandwidth cap
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,9 @@ AGENT_SCHEMA = Section(
                 "path": FilePath(),
                 "commit_interval_s": Float(min=0, min_open=True),
                 "max_bytes": Integer(min=0),
+                "max_age_s": Float(min=0),
+                "full_policy": Choice("drop_oldest", "refuse_new"),
+                "degrade": Boolean(),
             },
         ),
         "mqtt": Section(MqttConfig, MQTT_FIELDS, MQTT_CHECKS),
@@ -245,6 +252,7 @@ AGENT_SCHEMA = Section(
                 "max_inflight_batches": Integer(min=1, max=1000),
                 "max_batch_bytes": Integer(min=1024),
                 "ack_timeout_s": Float(min=0, min_open=True),
+                "max_bytes_per_s": Float(min=0),
             },
         ),
         "logging": LOGGING_SECTION,

@@ -2,13 +2,15 @@
 
     source thread(s) ──FrameFeed──▶ pipeline thread ──commit──▶ buffer ◀── uploader thread ◀─ paho ─▶ broker
 
-The supervisor is the caller's thread (the main thread under systemd): it handles SIGTERM/SIGINT and
-decides when a replay is complete (the source ended, the last commit succeeded, the buffer is empty).
+The supervisor is the caller's thread (the main thread under systemd): it opens (and if need be
+quarantines) the buffer before any stage starts, handles SIGTERM/SIGINT, publishes the status once a
+second, and decides when a replay is complete (source ended, last commit done, buffer empty).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -17,15 +19,18 @@ from fractions import Fraction
 from types import FrameType
 from typing import Any
 
-from agent import source
-from agent.buffer import Buffer, BufferStats
+from agent import __version__, source, wire
+from agent.buffer import Buffer, BufferStats, Cap
 from agent.chunk import new_boot_id
 from agent.config import AgentConfig
 from agent.decode import Decoder, build_decoder
 from agent.logs import get_logger
 from agent.model import Schema
 from agent.pipeline import Pipeline
+from agent.status import StatusReport, status_path, write_status_file
 from agent.upload import Uploader, UploadSettings
+
+STATUS_EVERY_S = 1.0
 
 
 def build_schema(config: AgentConfig) -> tuple[Decoder, Schema]:
@@ -53,34 +58,42 @@ class Agent:
         self.boot_id = new_boot_id()
         self.stop_event = threading.Event()
         self.log_stats = source.LogStats()
+        self.buffer = Buffer(
+            config.buffer.path, check=True
+        )  # quarantines a damaged file before anyone uses it
         self.feed, self.readers = self._open_source()
         wake = threading.Event()
-        chunk_samples = max(1, math.ceil(float(self.schema.rate) * config.buffer.commit_interval_s))
+        buffer = config.buffer
+        chunk_samples = max(1, math.ceil(float(self.schema.rate) * buffer.commit_interval_s))
+        cap = Cap(buffer.max_bytes, buffer.max_age_s, buffer.full_policy)
         self.pipeline = Pipeline(
             self.decoder,
             self.schema,
             self.feed,
-            config.buffer.path,
+            buffer.path,
             self.boot_id,
             chunk_samples,
-            config.buffer.commit_interval_s,
+            buffer.commit_interval_s,
             wake,
             config.vin,
+            cap,
         )
-        upload = config.upload
+        upload, mqtt = config.upload, config.mqtt
         self.uploader = Uploader(
             UploadSettings(
                 config.vin,
-                config.mqtt.prefix,
-                config.mqtt.client_id or f"edge-agent-{config.vin}",
+                mqtt.prefix,
+                mqtt.client_id or f"edge-agent-{config.vin}",
                 upload.max_inflight_batches,
                 upload.max_batch_bytes,
                 upload.ack_timeout_s,
+                upload.max_bytes_per_s,
             ),
-            config.mqtt,
-            config.buffer.path,
+            mqtt,
+            buffer.path,
             wake,
         )
+        self.status_file = status_path(buffer.path)
 
     def _open_source(self) -> tuple[source.FrameFeed, list[threading.Thread]]:
         config = self.config
@@ -95,8 +108,9 @@ class Agent:
         feed = source.FrameFeed(producers=len(config.buses))
         readers = []
         for bus in config.buses:
-            handle = source.open_bus(bus.interface, bus.channel, bus.bitrate)
-            frames_iter = source.bus_frames(handle, bus.channel, self.stop_event)
+            frames_iter = source.bus_frames(
+                source.open_bus(bus.interface, bus.channel, bus.bitrate), bus.channel, self.stop_event
+            )
             readers.append(
                 threading.Thread(
                     target=self._pump, args=(feed, frames_iter), name=f"bus-{bus.channel}", daemon=True
@@ -131,25 +145,55 @@ class Agent:
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
 
+    def report(self) -> StatusReport:
+        stats = self.buffer.stats()
+        now = time.time()
+        return StatusReport(
+            vin=self.config.vin,
+            state=self.uploader.state.value,
+            backlog_chunks=stats.chunks,
+            backlog_samples=stats.samples,
+            backlog_bytes=stats.payload_bytes,
+            oldest_age_s=None if stats.oldest_created is None else now - stats.oldest_created,
+            last_ack_at=stats.last_ack_at,
+            dropped_chunks=stats.dropped_chunks,
+            dropped_samples=stats.dropped_samples,
+            degraded_chunks=stats.degraded_chunks,
+            drain_eta_s=self.uploader.drain_rate.eta(stats.samples, time.monotonic()),
+            pid=os.getpid(),
+            boot_id=self.boot_id.hex(),
+            updated_at=now,
+        )
+
+    def publish_status(self) -> StatusReport:
+        report = self.report()
+        try:
+            write_status_file(self.status_file, report)
+        except OSError as error:
+            self.log.warning("status_file_failed", path=str(self.status_file), reason=str(error))
+        self.uploader.publish_status(wire.encode_status(report.to_proto(__version__)))
+        return report
+
     def run(self, until_drained: bool = False, drain_timeout_s: float = 60.0) -> RunResult:
         """Supervise until stopped, or (``until_drained``) until the source is done and everything acked."""
-        status = Buffer(self.config.buffer.path)
-        try:
-            deadline: float | None = None
-            while not self.stop_event.wait(0.1):
-                if not until_drained:
-                    continue
-                if not self.pipeline.finished.is_set():
-                    if not self.pipeline.thread.is_alive():
-                        break  # the pipeline ended without its final commit: report what is left
-                    continue
-                deadline = deadline or time.monotonic() + drain_timeout_s
-                if status.stats().chunks == 0 or time.monotonic() > deadline:
-                    break
-            self.shutdown()
-            backlog = status.stats()
-        finally:
-            status.close()
+        deadline: float | None = None
+        next_status = 0.0
+        while not self.stop_event.wait(0.1):
+            if time.monotonic() >= next_status:
+                self.publish_status()
+                next_status = time.monotonic() + STATUS_EVERY_S
+            if not until_drained:
+                continue
+            if not self.pipeline.finished.is_set():
+                if not self.pipeline.thread.is_alive():
+                    break  # the pipeline ended without its final commit: report what is left
+                continue
+            deadline = deadline or time.monotonic() + drain_timeout_s
+            if self.buffer.stats().chunks == 0 or time.monotonic() > deadline:
+                break
+        self.shutdown()
+        backlog = self.buffer.stats()
+        self.buffer.close()
         complete = self.pipeline.finished.is_set() and backlog.chunks == 0
         return RunResult(complete, backlog, self.pipeline.samples_committed)
 
@@ -163,6 +207,7 @@ class Agent:
             self.pipeline.stop_event.set()
             self.pipeline.thread.join(1.0)
         self.uploader.stop(1.5)
+        self.status_file.unlink(missing_ok=True)
         self.log.info(
             "agent_stopped",
             samples_committed=self.pipeline.samples_committed,

@@ -61,3 +61,11 @@ def connect(client: paho.Client, settings: MqttSettings, persistent: bool) -> No
         settings.host, settings.port, settings.keepalive_s, clean_start=not persistent, properties=properties
     )
     client.loop_start()
+
+
+def offline_status(vin: str) -> bytes:
+    """The retained status the broker publishes for us when we vanish (our last will)."""
+    from agent import telemetry_pb2 as pb
+    from agent import wire
+
+    return wire.encode_status(pb.Status(vin=vin, state="OFFLINE"))

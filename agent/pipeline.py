@@ -17,10 +17,10 @@ import threading
 import time
 from pathlib import Path
 
-from agent.buffer import Buffer
+from agent.buffer import Buffer, Cap, DiskReserve
 from agent.chunk import Chunker, SealedChunk
 from agent.decode import Decoder
-from agent.errors import StorageError
+from agent.errors import StorageError, StorageFullError
 from agent.logs import get_logger
 from agent.model import Schema
 from agent.sample import Sampler, to_micros
@@ -39,6 +39,7 @@ class Pipeline:
         commit_interval_s: float,
         wake: threading.Event,
         vin: str,
+        cap: Cap | None = None,
     ) -> None:
         self.decoder = decoder
         self.schema = schema
@@ -47,6 +48,8 @@ class Pipeline:
         self.chunker = Chunker(schema, boot_id, chunk_samples)
         self.sampler = Sampler(schema.rate, len(schema.signals), self.chunker.add)
         self.commit_interval_s = commit_interval_s
+        self.cap = cap
+        self.reserve = DiskReserve(buffer_path)
         self.wake = wake
         self.log = get_logger("agent.pipeline", vin=vin)
         self.alive_at = time.monotonic()
@@ -92,10 +95,23 @@ class Pipeline:
         if not self._pending:
             return True
         try:
-            buffer.append(schema_id, self._pending)
+            try:
+                refused = buffer.append(schema_id, self._pending, self.cap)
+            except StorageFullError as error:
+                # The disk is full: give back the reserve, drop the oldest data, and try once more.
+                self.log.critical("disk_full", reason=str(error), pending_chunks=len(self._pending))
+                self.reserve.release()
+                incoming = sum(len(c.payload) for c in self._pending)
+                buffer.free_space(max(4 * incoming, buffer.stats().payload_bytes // 10), "disk_full")
+                refused = buffer.append(schema_id, self._pending, self.cap)
+                self.reserve.restore()
         except StorageError as error:
             self.log.error("commit_failed", reason=str(error), pending_chunks=len(self._pending))
             return False
+        if refused:
+            self.log.warning(
+                "buffer_full_refused", chunks=len(refused), samples=sum(c.sample_count for c in refused)
+            )
         self.chunks_committed += len(self._pending)
         self.samples_committed += sum(c.sample_count for c in self._pending)
         self._pending = []

@@ -2,21 +2,24 @@
 
 Contract
 - Runs on its own thread (:meth:`Uploader.run`) with its own buffer connection; paho's network thread
-  only posts events (connected, disconnected, ack) into a queue, so all decisions happen on one thread.
+  only posts events (connected, disconnected, ack) into a queue, so every decision happens on one thread.
 - Publishes whole chunks, oldest first, as batches at QoS 1 on ``{prefix}/{vin}/telemetry``, keeping at
-  most ``max_inflight_batches`` unacked, so the broker's per-subscriber queue never overflows.
+  most ``max_inflight_batches`` unacked, so the broker's per-subscriber queue never overflows. During a
+  drain batches grow up to ``max_batch_bytes`` (and never past the broker's Maximum Packet Size).
 - Deletes from the buffer only what a receiver's ack on ``{prefix}/{vin}/ack`` names: the receiver sends
   it after its own commit. A PUBACK from the broker deletes nothing.
 - Whatever is unacked after a reconnect or an ack timeout is sent again from the oldest; the receiver
   stores a chunk once, whatever the number of deliveries.
+- Eviction notices ride along in batches until a batch that carried them is acked.
 - States: OFFLINE (no broker), ONLINE (connected, backlog small), DRAINING (connected, working off a
-  backlog). Every transition is logged once with its reason and the backlog.
+  backlog). Every transition is logged once, with its reason and the backlog.
 """
 
 from __future__ import annotations
 
 import enum
 import queue
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,12 +29,13 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from agent import mqtt, wire
-from agent.buffer import Buffer
+from agent.buffer import Buffer, StoredChunk
 from agent.errors import StorageError, WireError
 from agent.logs import get_logger
 from agent.model import ChunkId
+from agent.status import DrainRate
 
-DRAIN_THRESHOLD_CHUNKS = 5  # more than this many unsent chunks after a batch means we are draining
+DRAIN_THRESHOLD_CHUNKS = 5  # more unsent chunks than this after a batch means we are draining
 
 
 class State(enum.Enum):
@@ -54,8 +58,9 @@ class UploadCounters:
 @dataclass
 class _InFlight:
     ids: set[ChunkId]
+    samples: int
+    notices: list[int]
     sent_at: float
-    last_row: int
 
 
 @dataclass
@@ -66,6 +71,7 @@ class UploadSettings:
     max_inflight_batches: int = 8
     max_batch_bytes: int = 256 * 1024
     ack_timeout_s: float = 15.0
+    max_bytes_per_s: float = 0.0  # 0 = no bandwidth cap
     counters: UploadCounters = field(default_factory=UploadCounters)
 
 
@@ -84,10 +90,14 @@ class Uploader:
         self.wake = wake  # set by the pipeline after each commit
         self.stop_event = threading.Event()
         self.state = State.OFFLINE
+        self.alive_at = time.monotonic()
+        self.drain_rate = DrainRate()
         self.log = get_logger("agent.upload", vin=settings.vin)
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._inflight: dict[int, _InFlight] = {}  # keyed by the batch's last buffer row
         self._cursor = 0  # last buffer row handed to the broker since the last reset
+        self._packet_limit = 0  # the broker's Maximum Packet Size, 0 = none announced
+        self._tokens, self._tokens_at = 0.0, time.monotonic()
         base = f"{settings.prefix}/{settings.vin}"
         self.telemetry_topic, self.ack_topic, self.status_topic = (
             f"{base}/telemetry",
@@ -95,21 +105,24 @@ class Uploader:
             f"{base}/status",
         )
         self.client = mqtt.make_client(mqtt_settings, settings.client_id, persistent=True)
+        self.client.will_set(self.status_topic, mqtt.offline_status(settings.vin), qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.thread = threading.Thread(target=self.run, name="uploader", daemon=True)
 
     # --- paho's thread: post events only -----------------------------------------------------------
-    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
             self._events.put(("refused", str(reason)))
             return
         client.subscribe(self.ack_topic, qos=1)
-        self._events.put(("connected", str(reason)))
+        self._events.put(("connected", (str(reason), getattr(properties, "MaximumPacketSize", 0))))
         self.wake.set()
 
-    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_disconnect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        # Jitter the reconnect backoff, so a fleet does not reconnect in lock-step after a broker restart.
+        client.reconnect_delay_set(min_delay=random.uniform(0.5, 1.5), max_delay=random.uniform(20, 40))  # type: ignore[arg-type]
         self._events.put(("disconnected", str(reason)))
         self.wake.set()
 
@@ -129,10 +142,16 @@ class Uploader:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def publish_status(self, payload: bytes) -> None:
+        """Retained status for dashboards (thread-safe: paho queues it)."""
+        if self.state is not State.OFFLINE:
+            self.client.publish(self.status_topic, payload, qos=1, retain=True)
+
     def run(self) -> None:
         buffer = Buffer(self.buffer_path)
         try:
             while not self.stop_event.is_set():
+                self.alive_at = time.monotonic()
                 self.wake.wait(0.5)
                 self.wake.clear()
                 self._drain_events(buffer)
@@ -140,7 +159,7 @@ class Uploader:
                     continue
                 self._expire(time.monotonic())
                 while len(self._inflight) < self.settings.max_inflight_batches and self._send_one(buffer):
-                    pass
+                    self.alive_at = time.monotonic()
             self._drain_events(buffer)
         finally:
             self._transition(State.STOPPED, "shutdown", buffer)
@@ -154,7 +173,8 @@ class Uploader:
                 return
             if kind == "connected":
                 self._reset()
-                self._transition(State.ONLINE, f"connected ({detail})", buffer)
+                self._packet_limit = int(detail[1] or 0)
+                self._transition(State.ONLINE, f"connected ({detail[0]})", buffer)
             elif kind in ("disconnected", "refused"):
                 self._reset()
                 self._transition(State.OFFLINE, f"{kind} ({detail})", buffer)
@@ -170,15 +190,18 @@ class Uploader:
         if vin != self.settings.vin:
             self.log.error("ack_rejected", reason=f"ack names vin {vin!r}", size=len(payload))
             return
+        acked = {ChunkId(boot, seq) for boot, first, last in ranges for seq in range(first, last + 1)}
+        done = [key for key, batch in self._inflight.items() if batch.ids <= acked]
         try:
             deleted = buffer.delete(ranges)
+            buffer.clear_notices(n for key in done for n in self._inflight[key].notices)
         except StorageError as error:
             self.log.error("ack_not_applied", reason=str(error))
             return
         self.counters.chunks_acked += deleted
         self.counters.last_ack_at = time.time()
-        acked = {ChunkId(boot, seq) for boot, first, last in ranges for seq in range(first, last + 1)}
-        for key in [k for k, batch in self._inflight.items() if not batch.ids - acked]:
+        self.drain_rate.add(sum(self._inflight[key].samples for key in done), time.monotonic())
+        for key in done:
             del self._inflight[key]
         for batch in self._inflight.values():
             batch.ids -= acked
@@ -196,9 +219,29 @@ class Uploader:
             self.log.warning("ack_timeout", batches=len(late), timeout_s=self.settings.ack_timeout_s)
             self._reset()
 
+    def _bandwidth_allows(self, size: int) -> bool:
+        rate = self.settings.max_bytes_per_s
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)  # at most 1 s of burst
+        self._tokens_at = now
+        if self._tokens < min(size, rate):
+            return False
+        self._tokens -= size
+        return True
+
+    def _encode(
+        self, buffer: Buffer, chunks: list[StoredChunk], notices: list[tuple[int, bytes, int, int]]
+    ) -> bytes:
+        schema = buffer.schema(chunks[0].schema_id)
+        evicted = [(boot, first, last) for _, boot, first, last in notices]
+        return wire.encode_batch(self.settings.vin, schema, [c.payload for c in chunks], evicted, time.time())
+
     def _send_one(self, buffer: Buffer) -> bool:
         try:
             chunks = buffer.oldest(self._cursor, self.settings.max_batch_bytes)
+            notices = buffer.notices() if chunks else []
         except StorageError as error:
             self.log.error("buffer_read_failed", reason=str(error))
             return False
@@ -206,25 +249,30 @@ class Uploader:
             if self.state is State.DRAINING and not self._inflight:
                 self._transition(State.ONLINE, "backlog sent", buffer)
             return False
-        schema = buffer.schema(chunks[0].schema_id)
-        payload = wire.encode_batch(
-            self.settings.vin, schema, [c.payload for c in chunks], sent_at=time.time()
-        )
+        payload = self._encode(buffer, chunks, notices)
+        while self._packet_limit and len(payload) > self._packet_limit * 0.9 and len(chunks) > 1:
+            chunks = chunks[: len(chunks) // 2]  # the broker would refuse it: send fewer chunks
+            payload = self._encode(buffer, chunks, notices)
+        if not self._bandwidth_allows(len(payload)):
+            threading.Timer(0.1, self.wake.set).start()
+            return False
         info = self.client.publish(self.telemetry_topic, payload, qos=1)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             self.log.warning("publish_failed", rc=paho.error_string(info.rc))
             return False
         self._cursor = chunks[-1].row_id
         self._inflight[self._cursor] = _InFlight(
-            {ChunkId(c.boot_id, c.seq) for c in chunks}, time.monotonic(), self._cursor
+            {ChunkId(c.boot_id, c.seq) for c in chunks},
+            sum(c.sample_count for c in chunks),
+            [n[0] for n in notices],
+            time.monotonic(),
         )
         self.counters.batches_sent += 1
         self.counters.chunks_sent += len(chunks)
         self.counters.bytes_sent += len(payload)
-        if (
-            self.state is State.ONLINE
-            and len(buffer.oldest(self._cursor, 1 << 30, DRAIN_THRESHOLD_CHUNKS + 1)) > DRAIN_THRESHOLD_CHUNKS
-        ):
+        if self.state is State.ONLINE and len(
+            buffer.oldest(self._cursor, 1 << 30, DRAIN_THRESHOLD_CHUNKS + 1)
+        ) > (DRAIN_THRESHOLD_CHUNKS):
             self._transition(State.DRAINING, "backlog found", buffer)
         return True
 

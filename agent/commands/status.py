@@ -1,35 +1,80 @@
-"""``edge-agent status``: backlog, last ack and drops, read from the buffer file."""
+"""``edge-agent status``: state, backlog, last ack, drops and time to drain.
+
+From the running daemon's status file when it is alive (refreshed every second), otherwise from the
+buffer file itself (state then shows as STOPPED).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 from agent.buffer import Buffer
 from agent.config import DEFAULT_AGENT_CONFIG, load_agent_config
+from agent.status import StatusReport, read_status_file, status_path
 
-HELP = "print the buffer's backlog, age of the oldest sample and last ack"
+HELP = "print the agent's state, backlog, last ack, drops and time to drain"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=str(DEFAULT_AGENT_CONFIG), help="YAML configuration file")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
-def _age(moment: float | None) -> str:
-    return "never" if moment is None else f"{time.time() - moment:.1f} s ago"
+def _ago(moment: float | None, now: float) -> str:
+    return "never" if moment is None else f"{now - moment:.1f} s ago"
 
 
-def run(args: argparse.Namespace) -> int:
-    config = load_agent_config(args.config)
-    buffer = Buffer(config.buffer.path)
+def from_buffer(config_vin: str, path: Path) -> StatusReport:
+    buffer = Buffer(path)
     try:
         stats = buffer.stats()
     finally:
         buffer.close()
-    print(f"vin:            {config.vin}")
+    now = time.time()
+    return StatusReport(
+        vin=config_vin,
+        state="STOPPED",
+        backlog_chunks=stats.chunks,
+        backlog_samples=stats.samples,
+        backlog_bytes=stats.payload_bytes,
+        oldest_age_s=None if stats.oldest_created is None else now - stats.oldest_created,
+        last_ack_at=stats.last_ack_at,
+        dropped_chunks=stats.dropped_chunks,
+        dropped_samples=stats.dropped_samples,
+        degraded_chunks=stats.degraded_chunks,
+        drain_eta_s=None,
+        pid=0,
+        boot_id="",
+        updated_at=now,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_agent_config(args.config)
+    live = read_status_file(status_path(config.buffer.path))
+    report = live or from_buffer(config.vin, config.buffer.path)
+    if args.json:
+        print(json.dumps({**asdict(report), "source": "daemon" if live else "buffer file"}))
+        return 0
+    now = time.time()
+    origin = f"running daemon (pid {report.pid})" if live else "buffer file (the daemon is not running)"
+    eta = "unknown" if report.drain_eta_s is None else f"{report.drain_eta_s:.0f} s"
+    oldest = "none" if report.oldest_age_s is None else f"{report.oldest_age_s:.1f} s old"
+    print(f"vin:            {report.vin}")
+    print(f"state:          {report.state}   (from the {origin})")
+    print(
+        f"backlog:        {report.backlog_chunks} chunks, {report.backlog_samples} samples, "
+        f"{report.backlog_bytes} bytes; oldest {oldest}"
+    )
+    print(f"time to drain:  {eta}")
+    print(f"last ack:       {_ago(report.last_ack_at, now)}")
+    print(
+        f"dropped:        {report.dropped_chunks} chunks ({report.dropped_samples} samples) by the buffer cap"
+    )
+    print(f"degraded:       {report.degraded_chunks} chunks re-encoded with a coarser bound")
     print(f"buffer:         {config.buffer.path}")
-    print(f"backlog:        {stats.chunks} chunks, {stats.samples} samples, {stats.payload_bytes} bytes")
-    print(f"oldest sample:  {'none' if stats.oldest_created is None else _age(stats.oldest_created)}")
-    print(f"last ack:       {_age(stats.last_ack_at)}")
-    print(f"dropped chunks: {stats.dropped_chunks}")
     return 0

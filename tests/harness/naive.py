@@ -63,7 +63,7 @@ def samples(
 ) -> Iterator[tuple[int, dict[str, Value]]]:
     """``(tick, values)`` for every tick of the grid; ``values`` is the live dict (copy it to keep it)."""
     stats = stats if stats is not None else NaiveStats()
-    db = cantools.database.load_file(str(dbc))
+    db: Any = cantools.database.load_file(str(dbc))  # the CAN database (cantools types it as a union)
     names = {message.frame_id: message.name for message in db.messages}
     rate = grid_rate(rate_hz)
     num, scale = rate.numerator, MICROS * rate.denominator  # tick n is at n * scale / num microseconds

@@ -1,0 +1,123 @@
+"""What the agent reports about itself: `edge-agent status`, systemd's STATUS= line, the retained MQTT status.
+
+Contract: :class:`StatusReport` is an immutable snapshot built by the supervisor (main thread) about once
+a second. :func:`write_status_file` replaces the file atomically (write, fsync, rename), so a reader in
+another process (``edge-agent status``) sees either the old or the new report, never half of one.
+:class:`DrainRate` belongs to the uploader thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from agent import telemetry_pb2 as pb
+
+STALE_AFTER_S = 10.0  # a status file older than this is from a daemon that is gone
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    vin: str
+    state: str
+    backlog_chunks: int
+    backlog_samples: int
+    backlog_bytes: int
+    oldest_age_s: float | None
+    last_ack_at: float | None
+    dropped_chunks: int
+    dropped_samples: int
+    degraded_chunks: int
+    drain_eta_s: float | None
+    pid: int
+    boot_id: str
+    updated_at: float
+
+    def line(self) -> str:
+        """One line, as `systemctl status` shows it."""
+        ack = (
+            "never"
+            if self.last_ack_at is None
+            else f"{max(0.0, self.updated_at - self.last_ack_at):.1f} s ago"
+        )
+        eta = "" if self.drain_eta_s is None else f", drains in ~{self.drain_eta_s:.0f} s"
+        drops = f", {self.dropped_chunks} chunks dropped" if self.dropped_chunks else ""
+        return (
+            f"{self.state}: backlog {self.backlog_chunks} chunks / {self.backlog_samples} samples{eta}, "
+            f"last ack {ack}{drops}"
+        )
+
+    def to_proto(self, version: str) -> pb.Status:
+        return pb.Status(
+            vin=self.vin,
+            state=self.state,
+            backlog_chunks=self.backlog_chunks,
+            backlog_samples=self.backlog_samples,
+            backlog_bytes=self.backlog_bytes,
+            oldest_age_s=self.oldest_age_s or 0.0,
+            last_ack_at=self.last_ack_at or 0.0,
+            dropped_chunks=self.dropped_chunks,
+            agent_version=version,
+            updated_at=self.updated_at,
+        )
+
+
+def status_path(buffer_path: Path) -> Path:
+    return buffer_path.with_name(buffer_path.name + ".status.json")
+
+
+def write_status_file(path: Path, report: StatusReport) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    with open(temporary, "w") as out:
+        json.dump(asdict(report), out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+
+
+def read_status_file(path: Path) -> StatusReport | None:
+    """The running daemon's last report, or None when there is none, it is stale or its process is gone."""
+    try:
+        report = StatusReport(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    if time.time() - report.updated_at > STALE_AFTER_S:
+        return None
+    try:
+        os.kill(report.pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return report
+
+
+class DrainRate:
+    """Samples acked per second over the last ``window_s``: the basis of the time-to-drain estimate."""
+
+    def __init__(self, window_s: float = 15.0) -> None:
+        self.window_s = window_s
+        self._events: deque[tuple[float, int]] = deque()
+
+    def add(self, samples: int, now: float) -> None:
+        self._events.append((now, samples))
+        while self._events and now - self._events[0][0] > self.window_s:
+            self._events.popleft()
+
+    def per_second(self, now: float) -> float | None:
+        while self._events and now - self._events[0][0] > self.window_s:
+            self._events.popleft()
+        if len(self._events) < 2:
+            return None
+        span = max(now - self._events[0][0], 1.0)
+        return sum(count for _, count in self._events) / span
+
+    def eta(self, backlog_samples: int, now: float) -> float | None:
+        rate = self.per_second(now)
+        if backlog_samples == 0:
+            return 0.0
+        return None if not rate else backlog_samples / rate
