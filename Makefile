@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEBS := mosquitto python3-venv
+# libsystemd-dev and pkg-config build systemd-python (the `systemd` extra: agent.logs's journald sender).
+DEBS := mosquitto python3-venv libsystemd-dev pkg-config
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: all setup debs demo test bench lint soak proto clean
@@ -16,6 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -e '.[dev]'
+	@$(PY) -m pip install -q -e '.[systemd]' || echo "note: systemd-python did not build; journald logging uses agent.logs's own native-protocol sender"
 	@touch $(STAMP)
 
 setup: debs $(STAMP)
@@ -36,6 +38,19 @@ lint: setup
 	$(VENV)/bin/ruff check agent receiver tests
 	$(VENV)/bin/ruff format --check agent receiver tests
 	$(VENV)/bin/mypy
+
+# The Debian package: $(DEB_OUT)/edge-agent_<version>_<arch>.deb, byte-identical from the same tree
+# (packaging/deb/README.md). Build on the target's architecture, with Debian 12's /usr/bin/python3.
+# DEB_VERSION=0.1.0-2 overrides the Debian version; DEB_FLAGS passes options to packaging/deb/build.py.
+DEB_OUT ?= dist
+DEB_VERSION ?=
+DEB_FLAGS ?=
+DEB_BUILD_DEBS := python3-venv help2man binutils
+
+.PHONY: deb
+deb:
+	@sh packaging/bootstrap.sh $(DEB_BUILD_DEBS)
+	@/usr/bin/python3 packaging/deb/build.py --out $(DEB_OUT) $(if $(DEB_VERSION),--version $(DEB_VERSION)) $(DEB_FLAGS)
 
 # Rebuild the generated protobuf module from proto/telemetry.proto.
 proto: setup

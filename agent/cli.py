@@ -8,6 +8,7 @@ for bad input.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    faulthandler.enable()  # a watchdog kill (SIGABRT) leaves every thread's stack in the journal
     args = build_parser().parse_args(argv)
     logs.configure()  # to stderr: stdout belongs to the command's output (CSV, status)
     try:

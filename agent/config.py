@@ -13,8 +13,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
+from agent import predict
 from agent.errors import ConfigError
 from agent.settings import (
     Alias,
@@ -37,7 +38,7 @@ from agent.settings import (
     suggest,
 )
 
-DEFAULT_AGENT_CONFIG = Path("/etc/edge-agent/edge-agent.yaml")
+DEFAULT_AGENT_CONFIG = Path("/etc/edge-agent/config.yaml")
 LOG_SUFFIXES = tuple(s + gz for s in (".log", ".asc", ".blf", ".csv", ".trc", ".mf4") for gz in ("", ".gz"))
 TOPIC_WORD = r"[^+#/\s\x00]+"  # one MQTT topic level without wildcards
 
@@ -129,17 +130,54 @@ class BusConfig:
     j1939: bool | None = None
 
 
+class BoundsPreset(NamedTuple):
+    """Error bounds and angles (a whole turn) by ``MESSAGE.SIGNAL``, each in the signal's own unit."""
+
+    bounds: Mapping[str, float]
+    angles: Mapping[str, float]
+
+
+MPH = 1.609344  # km/h
+BOUNDS_PRESETS: Mapping[str, BoundsPreset] = {
+    "none": BoundsPreset({}, {}),
+    # Seed 001's thresholds on the reference car's signals: speed ±2 mph, power ±5 kW, state of charge
+    # ±0.5 %, heading ±5° (an angle: 359.9° and 0.1° are 0.2° apart).
+    "seeds": BoundsPreset(
+        {
+            "DriveSpeed.VehicleSpeed": 2 * MPH,
+            "BatteryPower.PackPower": 5.0,
+            "BatteryState.StateOfCharge": 0.5,
+            "Navigation.Heading": 5.0,
+        },
+        {"Navigation.Heading": 360.0},
+    ),
+}
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
-    """``signals`` empty = every signal of every DBC; ``bounds`` maps ``MESSAGE.SIGNAL`` to an error bound."""
+    """What is sampled and how precisely it is sent.
+
+    ``signals`` empty = every signal of every DBC. ``bounds`` maps ``MESSAGE.SIGNAL`` to an error bound
+    in the signal's unit (0 = lossless); ``angles`` maps it to a whole turn (360 for degrees), so that its
+    values wrap. ``bounds_preset`` names a :data:`BOUNDS_PRESETS` entry applied beneath them, to the
+    signals it names that are sampled. ``predictor`` codes every signal (:mod:`agent.predict`).
+    """
 
     rate_hz: float = 50.0
     signals: tuple[str, ...] = ()
     bounds: Mapping[str, float] = field(default_factory=dict)
+    bounds_preset: str = "none"
+    angles: Mapping[str, float] = field(default_factory=dict)
+    predictor: str = predict.DEFAULT
 
     def bound(self, name: str) -> float:
-        """The error bound of ``name`` (``MESSAGE.SIGNAL``): 0 (lossless) unless configured."""
-        return self.bounds.get(name, 0.0)
+        """The error bound of ``name`` (``MESSAGE.SIGNAL``): the configured one, the preset's, or 0."""
+        return self.bounds.get(name, BOUNDS_PRESETS[self.bounds_preset].bounds.get(name, 0.0))
+
+    def angle(self, name: str) -> float:
+        """The whole turn of ``name`` if it is an angle (configured or from the preset), else 0."""
+        return self.angles.get(name, BOUNDS_PRESETS[self.bounds_preset].angles.get(name, 0.0))
 
 
 @dataclass(frozen=True)
@@ -188,13 +226,14 @@ def check_source(source: SourceConfig, view: SectionView) -> None:
 def check_sampling(sampling: SamplingConfig, view: SectionView) -> None:
     if not sampling.signals:
         return
-    for name in sampling.bounds:
-        if name not in sampling.signals:
-            node = child(view.given.get("bounds"), name, key_node=True)
-            hint = suggest(name, sampling.signals)
-            view.error(
-                "bounds", f"signal {name!r} is not in sampling.signals{hint}", node=node, sub=f"[{name!r}]"
-            )
+    for key, names in (("bounds", sampling.bounds), ("angles", sampling.angles)):
+        for name in names:
+            if name not in sampling.signals:
+                node = child(view.given.get(key), name, key_node=True)
+                hint = suggest(name, sampling.signals)
+                view.error(
+                    key, f"signal {name!r} is not in sampling.signals{hint}", node=node, sub=f"[{name!r}]"
+                )
 
 
 SIGNAL_NAME = String(pattern=r"[^.\s]+\.[^.\s]+", rule="the form MESSAGE.SIGNAL")
@@ -231,6 +270,9 @@ AGENT_SCHEMA = Section(
                 "rate_hz": Float(min=0, max=1000, min_open=True),
                 "signals": ListOf(SIGNAL_NAME, unique=True),
                 "bounds": MapOf(SIGNAL_NAME, Float(min=0)),
+                "bounds_preset": Choice(*BOUNDS_PRESETS),
+                "angles": MapOf(SIGNAL_NAME, Float(min=0, min_open=True)),
+                "predictor": Choice(*predict.PREDICTORS),
             },
             (check_sampling,),
         ),

@@ -28,6 +28,7 @@ from agent.logs import get_logger
 from agent.model import Schema
 from agent.pipeline import Pipeline
 from agent.status import StatusReport, status_path, write_status_file
+from agent.supervise import Supervisor
 from agent.upload import Uploader, UploadSettings
 
 STATUS_EVERY_S = 1.0
@@ -57,6 +58,7 @@ class Agent:
         self.decoder, self.schema = build_schema(config)
         self.boot_id = new_boot_id()
         self.stop_event = threading.Event()
+        self.supervisor = Supervisor()  # sd_notify: READY, STATUS, WATCHDOG, STOPPING; no-ops outside systemd
         self.log_stats = source.LogStats()
         self.buffer = Buffer(
             config.buffer.path, check=True
@@ -131,6 +133,7 @@ class Agent:
             signals=len(self.schema.signals),
             source=self.config.source.kind,
             buffer=str(self.config.buffer.path),
+            **self.supervisor.describe(),
         )
         self.pipeline.start()
         self.uploader.start()
@@ -167,6 +170,7 @@ class Agent:
 
     def publish_status(self) -> StatusReport:
         report = self.report()
+        self.supervisor.status(report.line())
         try:
             write_status_file(self.status_file, report)
         except OSError as error:
@@ -178,7 +182,10 @@ class Agent:
         """Supervise until stopped, or (``until_drained``) until the source is done and everything acked."""
         deadline: float | None = None
         next_status = 0.0
+        # The buffer was opened (and checked) and the source bound in __init__; the stages are started.
+        self.supervisor.ready()
         while not self.stop_event.wait(0.1):
+            self.supervisor.tick(self.heartbeats())
             if time.monotonic() >= next_status:
                 self.publish_status()
                 next_status = time.monotonic() + STATUS_EVERY_S
@@ -197,8 +204,14 @@ class Agent:
         complete = self.pipeline.finished.is_set() and backlog.chunks == 0
         return RunResult(complete, backlog, self.pipeline.samples_committed)
 
+    def heartbeats(self) -> dict[str, float | None]:
+        """Each stage's last beat, for the watchdog; a replay's pipeline that is done no longer beats."""
+        done = self.pipeline.finished.is_set() and self.config.source.kind == "replay"
+        return {"pipeline": None if done else self.pipeline.alive_at, "uploader": self.uploader.alive_at}
+
     def shutdown(self) -> None:
         """Stop the readers, let the pipeline make its last commit, then stop the uploader (< 5 s)."""
+        self.supervisor.stopping("stopping: last commit, then disconnect")
         self.stop_event.set()
         for reader in self.readers:
             reader.join(1.0)

@@ -40,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_config(args: argparse.Namespace) -> int:
+    config = load_receiver_config(args.config, check_files=True)
+    print(f"{args.config}: ok (broker {config.mqtt.host}:{config.mqtt.port}, store {config.store.path})")
+    return 0
+
+
 def export(args: argparse.Namespace) -> int:
     with Store(args.db, readonly=True) as store:
         vins = store.vins()
@@ -92,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the receiver's YAML config file (default {DEFAULT_RECEIVER_CONFIG})",
     )
     command.set_defaults(handler=run)
+
+    command = sub.add_parser("check-config", help="validate the configuration file and exit")
+    command.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_RECEIVER_CONFIG,
+        metavar="FILE",
+        help=f"the receiver's YAML config file (default {DEFAULT_RECEIVER_CONFIG})",
+    )
+    command.set_defaults(handler=check_config)
 
     command = sub.add_parser("export", help="print a vehicle's stored samples as CSV")
     command.add_argument("--db", type=Path, required=True, metavar="PATH", help="the receiver's store")

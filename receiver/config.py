@@ -15,7 +15,7 @@ from pathlib import Path
 from agent.config import LOGGING_SECTION, MQTT_CHECKS, MQTT_FIELDS, TOPIC_WORD, LoggingConfig, MqttConfig
 from agent.settings import FilePath, Section, String, load_document, parse_document
 
-DEFAULT_RECEIVER_CONFIG = Path("/etc/edge-receiver/edge-receiver.yaml")
+DEFAULT_RECEIVER_CONFIG = Path("/etc/edge-receiver/config.yaml")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ import paho.mqtt.client as paho
 from agent import mqtt, wire
 from agent.errors import StorageError, WireError
 from agent.logs import get_logger
+from agent.supervise import Supervisor
 from receiver.config import ReceiverConfig
 from receiver.store import RateConflictError, Store
 
@@ -129,16 +131,33 @@ class Receiver:
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         for sig in handlers:
             signal.signal(sig, lambda _sig, _frame: self.request_stop())
+        supervisor = Supervisor()  # sd_notify; no-ops outside systemd
         try:
             self.start()
+            supervisor.ready(self.status_line())
+            alive_at = time.monotonic()
             while not self._stop_requested.wait(1.0):
-                pass
+                if self._lock.acquire(timeout=0.5):  # held for long: a handler is stuck in the store
+                    self._lock.release()
+                    alive_at = time.monotonic()
+                supervisor.tick({"ingest": alive_at})
+                supervisor.status(self.status_line())
         finally:
+            supervisor.stopping()
             try:
                 self.stop()
             finally:
                 for sig, handler in handlers.items():
                     signal.signal(sig, handler)
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (``systemctl status edge-receiver``)."""
+        c = self.counters
+        state = "subscribed" if self._subscribed.is_set() else "connecting"
+        return (
+            f"{state}: {c.batches} batches stored, {c.chunks_new} new chunks, {c.acks_sent} acks sent, "
+            f"{c.rejected} rejected, {c.store_errors} store errors"
+        )
 
     # --- paho callbacks (network thread) -----------------------------------------------------------------
 
