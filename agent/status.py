@@ -66,16 +66,29 @@ class StatusReport:
         )
 
 
+RUNTIME_DIRS = (os.environ.get("RUNTIME_DIRECTORY", ""), "/run/edge-agent")
+
+
 def status_path(buffer_path: Path) -> Path:
-    return buffer_path.with_name(buffer_path.name + ".status.json")
+    """Where the daemon publishes its status: a tmpfs when it has one (no SD-card writes every second)."""
+    name = buffer_path.name + ".status.json"
+    for folder in RUNTIME_DIRS:
+        if folder and os.path.isdir(folder) and os.access(folder, os.W_OK):
+            return Path(folder) / name
+    return buffer_path.with_name(name)
+
+
+def find_status_file(buffer_path: Path) -> list[Path]:
+    """Every place a daemon may have written its status, for a reader in another process."""
+    name = buffer_path.name + ".status.json"
+    return [Path(folder) / name for folder in RUNTIME_DIRS if folder] + [buffer_path.with_name(name)]
 
 
 def write_status_file(path: Path, report: StatusReport) -> None:
+    """Atomic (rename), not durable: a status lost in a power cut is rewritten a second later."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     with open(temporary, "w") as out:
         json.dump(asdict(report), out)
-        out.flush()
-        os.fsync(out.fileno())
     os.replace(temporary, path)
 
 

@@ -106,20 +106,23 @@ def test_replay_is_stored_exactly_as_sample_prints_it(
 def test_broker_restart_mid_drive_loses_nothing(
     broker: Broker, receiver: Path, drive: Path, tmp_path: Path
 ) -> None:
-    config = agent_config(tmp_path, broker.port, "E2E0000000000002", drive, speed="8")
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "replay", str(drive), "--config", str(config)],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(1.5)
-    broker.stop(kill=True)
-    time.sleep(2.0)
-    broker.start()
-    _, errors = agent.communicate(timeout=120)
-    assert agent.returncode == 0, errors
-    assert '"state": "OFFLINE"' in errors
+    config = agent_config(tmp_path, broker.port, "E2E0000000000002", drive, speed="4")
+    log = tmp_path / "agent.log"
+    with open(log, "w") as errors:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "replay", str(drive), "--config", str(config)],
+            cwd=ROOT,
+            stderr=errors,
+        )
+        deadline = time.monotonic() + 30
+        while '"state": "ONLINE"' not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        broker.stop(kill=True)  # mid-drive: the log lasts 10 s at 4x
+        time.sleep(2.0)
+        broker.start()
+        agent.wait(timeout=120)
+    assert agent.returncode == 0, log.read_text()
+    assert '"state": "OFFLINE"' in log.read_text()
     assert exported(receiver, "E2E0000000000002") == truth(drive)
 
 

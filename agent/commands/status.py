@@ -14,7 +14,7 @@ from pathlib import Path
 
 from agent.buffer import Buffer
 from agent.config import DEFAULT_AGENT_CONFIG, load_agent_config
-from agent.status import StatusReport, read_status_file, status_path
+from agent.status import StatusReport, find_status_file, read_status_file
 
 HELP = "print the agent's state, backlog, last ack, drops and time to drain"
 
@@ -55,7 +55,7 @@ def from_buffer(config_vin: str, path: Path) -> StatusReport:
 
 def run(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config)
-    live = read_status_file(status_path(config.buffer.path))
+    live = next(filter(None, map(read_status_file, find_status_file(config.buffer.path))), None)
     report = live or from_buffer(config.vin, config.buffer.path)
     if args.json:
         print(json.dumps({**asdict(report), "source": "daemon" if live else "buffer file"}))

@@ -12,6 +12,8 @@ stdout; progress goes to stderr. Rows:
    separate client and timed from the first publish until the acks name every chunk; beside the naive
    receiver (one INSERT + COMMIT per JSON sample), timed until its database holds every sample.
 3. Wire bytes per sample: MQTT payload bytes of each design for the same drive.
+4. The buffer through one hour of driving (issue #4): drain, disk bytes written per driven hour and memory
+   through an outage, from :mod:`tests.harness.bench_buffer`.
 """
 
 from __future__ import annotations
@@ -603,6 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     rows = bench(args.log.resolve(), args.naive_receiver_samples, args.naive_bound)
+    sys.modules.setdefault("tests.harness.bench", sys.modules[__name__])  # one module when run as __main__
+    from tests.harness.bench_buffer import buffer_rows  # it imports this module: not at the top
+
+    rows += buffer_rows(progress=progress)
     seconds = time.monotonic() - STARTED
     print_table(rows, [machine(), f"bench took {seconds:.0f} s; ratio = how many times better ours is"])
     progress("done")
