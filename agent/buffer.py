@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +38,22 @@ CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     boot_id BLOB NOT NULL, seq INTEGER NOT NULL, schema_id INTEGER NOT NULL REFERENCES schemas(id),
     first_tick INTEGER NOT NULL, sample_count INTEGER NOT NULL, payload BLOB NOT NULL,
-    created REAL NOT NULL, degraded INTEGER NOT NULL DEFAULT 0, UNIQUE (boot_id, seq));
+    created REAL NOT NULL, degraded INTEGER NOT NULL DEFAULT 0, crc INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (boot_id, seq));
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS evictions (
     id INTEGER PRIMARY KEY, boot_id BLOB NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
     reason TEXT NOT NULL, at REAL NOT NULL);
 """
-COUNTERS = ("payload_bytes", "dropped_chunks", "dropped_samples", "degraded_chunks", "last_ack_at")
+# Every statement the buffer runs must prepare against the file's schema: a damaged schema text that
+# quick_check accepts would otherwise fail on every start (a crash loop).
+PROBES = (
+    "SELECT id, digest, body FROM schemas LIMIT 0",
+    "SELECT id, boot_id, seq, schema_id, first_tick, sample_count, payload, created, degraded, crc FROM chunks"
+    " WHERE boot_id = x'' AND seq BETWEEN 0 AND 0 ORDER BY id LIMIT 0",
+    "SELECT name, value FROM counters LIMIT 0",
+    "SELECT id, boot_id, first_seq, last_seq, reason, at FROM evictions LIMIT 0",
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,12 @@ class Cap:
 
 
 def _wrap(path: Path, action: str, error: Exception) -> StorageError:
+    # SQLite may roll a full transaction back itself; apsw then raises about the rollback, with the
+    # FullError only as the context. Look through the chain for the real cause.
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, apsw.FullError | apsw.CorruptError | apsw.NotADBError):
+        cause = cause.__context__
+    error = cause if isinstance(cause, Exception) else error
     if isinstance(error, apsw.FullError):
         return StorageFullError(f"{path}: {action}: disk or database full ({error})")
     if isinstance(error, apsw.CorruptError | apsw.NotADBError):
@@ -99,7 +115,12 @@ class Buffer:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = self._open()
         except StorageCorruptError as error:
-            quarantine = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            quarantine = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+            attempt = 1
+            while any(Path(f"{quarantine}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
+                attempt += 1
+                quarantine = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{attempt}")
             log.critical(
                 "buffer_quarantined", path=str(self.path), moved_to=str(quarantine), reason=str(error)
             )
@@ -124,6 +145,14 @@ class Buffer:
                 raise apsw.CorruptError("quick_check failed")
             with db:
                 db.execute(SCHEMA_SQL)
+            if self.check:
+                for probe in PROBES:
+                    try:
+                        db.execute(probe).fetchall()
+                    except apsw.SQLError as error:
+                        raise apsw.CorruptError(f"schema damaged: {error}") from error
+                db.execute("REINDEX")  # quick_check does not compare indexes with their tables
+            with db:
                 if self.check:  # the running totals heal from any drift at every start
                     db.execute(
                         "INSERT OR REPLACE INTO counters SELECT 'payload_bytes', coalesce(sum(length(payload)), 0)"
@@ -185,10 +214,19 @@ class Buffer:
                     )
                     return list(chunks)
                 self.db.executemany(
-                    "INSERT INTO chunks (boot_id, seq, schema_id, first_tick, sample_count, payload, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO chunks (boot_id, seq, schema_id, first_tick, sample_count, payload, created, crc)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (c.id.boot_id, c.id.seq, schema_id, c.first_tick, c.sample_count, c.payload, now)
+                        (
+                            c.id.boot_id,
+                            c.id.seq,
+                            schema_id,
+                            c.first_tick,
+                            c.sample_count,
+                            c.payload,
+                            now,
+                            zlib.crc32(c.payload),
+                        )
                         for c in chunks
                     ],
                 )
@@ -223,17 +261,42 @@ class Buffer:
         if excess <= 0:
             return True
         if cap.policy == "refuse_new":
-            return False
-        freed = 0
-        victims = []
-        for row_id, size in self._q("SELECT id, length(payload) FROM chunks ORDER BY id LIMIT 10000"):
-            victims.append(row_id)
-            freed += size
-            if freed >= excess:
-                break
-        if victims:
-            self._drop_where("id <= ?", (victims[-1],), "cap")
+            return self._admit(cap, incoming)
+        self._drop_oldest(int(excess), "cap")
         return True
+
+    def _admit(self, cap: Cap, incoming: int) -> bool:
+        """refuse_new: once full, refuse everything until acks drain the backlog to half the cap.
+
+        One gap in the timeline rather than a swiss cheese of whatever chunk happened to fit.
+        """
+        backlog = self._counter("payload_bytes")
+        refusing = self._counter("refusing") > 0
+        if refusing and backlog > cap.max_bytes / 2:
+            return False
+        if backlog + incoming > cap.max_bytes:
+            self.db.execute("INSERT OR REPLACE INTO counters VALUES ('refusing', 1)")
+            return False
+        if refusing:
+            self.db.execute("INSERT OR REPLACE INTO counters VALUES ('refusing', 0)")
+        return True
+
+    def _drop_oldest(self, wanted: int, reason: str) -> int:
+        """Inside the caller's transaction: drop the oldest whole chunks until ``wanted`` bytes are freed."""
+        freed, last = 0, 0
+        while freed < wanted:
+            rows = self._q(
+                "SELECT id, length(payload) FROM chunks WHERE id > ? ORDER BY id LIMIT 1000", (last,)
+            )
+            if not rows:
+                break
+            for row_id, size in rows:
+                freed, last = freed + size, row_id
+                if freed >= wanted:
+                    break
+        if last:
+            self._drop_where("id <= ?", (last,), reason)
+        return freed
 
     def _drop_where(self, condition: str, bindings: tuple[Any, ...], reason: str) -> None:
         rows = self._q(
@@ -261,18 +324,18 @@ class Buffer:
         """Drop the oldest chunks until ``wanted`` bytes are freed, then shrink the WAL (a full disk)."""
         try:
             with self.db:
-                rows = self._q("SELECT id, length(payload) FROM chunks ORDER BY id LIMIT 100000")
-                freed, last = 0, None
-                for row_id, size in rows:
-                    freed, last = freed + size, row_id
-                    if freed >= wanted:
-                        break
-                if last is not None:
-                    self._drop_where("id <= ?", (last,), reason)
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                freed = self._drop_oldest(wanted, reason)
+            self.checkpoint()
         except apsw.Error as error:
             raise _wrap(self.path, "free space", error) from error
         return freed
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the main file and truncate it, giving its space back to the file system."""
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except apsw.Error as error:
+            raise _wrap(self.path, "checkpoint", error) from error
 
     def notices(self, limit: int = 100) -> list[tuple[int, bytes, int, int]]:
         """Evictions not yet reported to a receiver: (notice id, boot id, first seq, last seq)."""
@@ -294,22 +357,46 @@ class Buffer:
     def oldest(
         self, after_row: int = 0, max_bytes: int = 256 * 1024, max_chunks: int = 10_000
     ) -> list[StoredChunk]:
-        """The oldest chunks after ``after_row``, of one schema, up to ``max_bytes`` (at least one)."""
-        rows = self._run(
-            "read oldest",
-            "SELECT id, boot_id, seq, schema_id, sample_count, payload FROM chunks"
-            " WHERE id > ? ORDER BY id LIMIT ?",
-            (after_row, max_chunks),
-        )
+        """The oldest chunks after ``after_row``, of one schema, up to ``max_bytes`` (at least one).
+
+        A chunk whose payload no longer matches its CRC (a bit flipped on the card) is dropped and
+        reported as evicted with reason "corrupt", rather than uploaded as data.
+        """
         out: list[StoredChunk] = []
-        size = 0
-        for row in rows:
-            chunk = StoredChunk(row[0], bytes(row[1]), row[2], row[3], row[4], bytes(row[5]))
-            if out and (chunk.schema_id != out[0].schema_id or size + len(chunk.payload) > max_bytes):
+        size, cursor, damaged, full = 0, after_row, [], False
+        while not full and len(out) < max_chunks:
+            page = min(256, max_chunks - len(out))
+            rows = self._run(
+                "read oldest",
+                "SELECT id, boot_id, seq, schema_id, sample_count, payload, crc FROM chunks"
+                " WHERE id > ? ORDER BY id LIMIT ?",
+                (cursor, page),
+            )
+            for row in rows:
+                cursor = row[0]
+                chunk = StoredChunk(row[0], bytes(row[1]), row[2], row[3], row[4], bytes(row[5]))
+                if zlib.crc32(chunk.payload) != row[6]:
+                    damaged.append(chunk.row_id)
+                    continue
+                if out and (chunk.schema_id != out[0].schema_id or size + len(chunk.payload) > max_bytes):
+                    full = True
+                    break
+                out.append(chunk)
+                size += len(chunk.payload)
+            if len(rows) < page:
                 break
-            out.append(chunk)
-            size += len(chunk.payload)
+        if damaged:
+            self._drop_damaged(damaged)
         return out
+
+    def _drop_damaged(self, row_ids: list[int]) -> None:
+        log.critical("buffer_chunk_corrupt", chunks=len(row_ids), path=str(self.path))
+        try:
+            with self.db:
+                for row_id in row_ids:
+                    self._drop_where("id = ?", (row_id,), "corrupt")
+        except apsw.Error as error:
+            raise _wrap(self.path, "drop damaged chunks", error) from error
 
     def delete(self, ranges: Iterable[tuple[bytes, int, int]]) -> int:
         """Delete the acked ranges (boot id, first seq, last seq); returns how many rows went."""
@@ -357,7 +444,7 @@ class DiskReserve:
     is full to the last byte could refuse the very eviction that would make room.
     """
 
-    def __init__(self, buffer_path: Path, size: int = 1 << 20) -> None:
+    def __init__(self, buffer_path: Path, size: int = 2 << 20) -> None:
         self.path = buffer_path.with_name(buffer_path.name + ".reserve")
         self.size = size
         self.restore()
@@ -373,6 +460,17 @@ class DiskReserve:
         except OSError:
             self.path.unlink(missing_ok=True)
             return False
+
+    def restore_if_room(self) -> bool:
+        """Take the reserve back only when the disk has room to spare beyond it (else it would eat the
+        space the WAL needs for the very next commit)."""
+        try:
+            stats = os.statvfs(self.path.parent)
+        except OSError:
+            return False
+        if stats.f_bavail * stats.f_frsize < 4 * self.size:
+            return False
+        return self.restore()
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -26,6 +26,8 @@ from agent.model import Schema
 from agent.sample import Sampler, to_micros
 from agent.source import FrameFeed
 
+MAX_PENDING_CHUNKS = 3600  # an hour at one chunk a second, kept in memory while the buffer fails
+
 
 class Pipeline:
     def __init__(
@@ -57,6 +59,8 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.samples_committed = 0
         self.chunks_committed = 0
+        self.chunks_refused = 0  # refuse_new turned them away: counted and reported, not committed
+        self.lost_in_memory = 0  # dropped from memory after the buffer failed for too long
         self._pending: list[SealedChunk] = []
         self.thread = threading.Thread(target=self.run, name="pipeline", daemon=True)
 
@@ -94,17 +98,18 @@ class Pipeline:
         self._pending.extend(self.chunker.take())
         if not self._pending:
             return True
+        if len(self._pending) > MAX_PENDING_CHUNKS:  # the buffer has failed for an hour: bound the memory
+            lost = self._pending[: len(self._pending) - MAX_PENDING_CHUNKS]
+            self._pending = self._pending[len(lost) :]
+            self.lost_in_memory += len(lost)
+            self.log.critical(
+                "pending_chunks_dropped", chunks=len(lost), samples=sum(c.sample_count for c in lost)
+            )
         try:
             try:
                 refused = buffer.append(schema_id, self._pending, self.cap)
             except StorageFullError as error:
-                # The disk is full: give back the reserve, drop the oldest data, and try once more.
-                self.log.critical("disk_full", reason=str(error), pending_chunks=len(self._pending))
-                self.reserve.release()
-                incoming = sum(len(c.payload) for c in self._pending)
-                buffer.free_space(max(4 * incoming, buffer.stats().payload_bytes // 10), "disk_full")
-                refused = buffer.append(schema_id, self._pending, self.cap)
-                self.reserve.restore()
+                refused = self._commit_on_full_disk(buffer, schema_id, error)
         except StorageError as error:
             self.log.error("commit_failed", reason=str(error), pending_chunks=len(self._pending))
             return False
@@ -112,8 +117,25 @@ class Pipeline:
             self.log.warning(
                 "buffer_full_refused", chunks=len(refused), samples=sum(c.sample_count for c in refused)
             )
-        self.chunks_committed += len(self._pending)
-        self.samples_committed += sum(c.sample_count for c in self._pending)
+        refused_ids = {c.id for c in refused}
+        kept = [c for c in self._pending if c.id not in refused_ids]
+        self.chunks_committed += len(kept)
+        self.samples_committed += sum(c.sample_count for c in kept)
+        self.chunks_refused += len(refused)
         self._pending = []
         self.wake.set()
         return True
+
+    def _commit_on_full_disk(self, buffer: Buffer, schema_id: int, error: Exception) -> list[SealedChunk]:
+        """The disk is full: give back the reserve and the WAL's space first; drop old data only if needed."""
+        self.log.critical("disk_full", reason=str(error), pending_chunks=len(self._pending))
+        self.reserve.release()
+        try:
+            buffer.checkpoint()
+            return buffer.append(schema_id, self._pending, self.cap)
+        except StorageFullError:
+            incoming = sum(len(c.payload) for c in self._pending)
+            buffer.free_space(max(2 * incoming, 256 * 1024), "disk_full")
+            return buffer.append(schema_id, self._pending, self.cap)
+        finally:
+            self.reserve.restore_if_room()

@@ -11,16 +11,17 @@ Contract
 
 from __future__ import annotations
 
-import heapq
-import struct
-from collections.abc import Iterable, Iterator, Sequence
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, TextIO
 
 from agent.model import PhysicalValue, Schema, format_value
+from receiver import columns
 
 Row = tuple[int, list[PhysicalValue | None]]
+Chunk = tuple[int, Sequence[int], Sequence[Sequence[PhysicalValue | None]]]  # start, ticks, columns
 Runs = Iterable[tuple[int, int]]
 
 
@@ -37,68 +38,73 @@ class VinStats:
     missing: list[tuple[bytes, int, int]] = field(default_factory=list)  # (boot, first, last) unexplained
 
 
-def pack_ticks(ticks: Sequence[int]) -> bytes | None:
-    """A chunk's ticks for storage: ``None`` when they are consecutive, else int64 little-endian each."""
-    if not ticks or ticks[-1] - ticks[0] == len(ticks) - 1:
-        return None
-    return struct.pack(f"<{len(ticks)}q", *ticks)
+def _rows(chunk: Chunk) -> Iterator[Row]:
+    _, ticks, columns = chunk
+    if not columns:
+        return ((tick, []) for tick in ticks)
+    return zip(ticks, map(list, zip(*columns, strict=True)), strict=True)
 
 
-def chunk_ticks(first: int, last: int, packed: bytes | None) -> Iterator[int]:
-    """The ticks of a stored chunk, ascending (the inverse of :func:`pack_ticks`)."""
-    if packed is None:
-        return iter(range(first, last + 1))
-    return iter(struct.unpack(f"<{len(packed) // 8}q", packed))
+def _clip(ticks: Sequence[int], cells: list[Sequence[PhysicalValue | None]], low: int, high: int) -> Chunk:
+    """A chunk's ticks in [low, high] and its columns cut alike; it keeps its first tick as its start."""
+    if ticks[0] >= low and ticks[-1] <= high:
+        return ticks[0], ticks, cells
+    start, end = bisect_left(ticks, low), bisect_right(ticks, high)
+    return ticks[0], ticks[start:end], [column[start:end] for column in cells]
 
 
-def merge_ticks(chunks: Iterable[tuple[int, int, bytes | None]]) -> Iterator[int]:
-    """The union of the chunks' ticks, ascending, each once.
+def group_chunks(
+    joined: Iterable[Sequence[Any]], wanted: Mapping[int, Sequence[int]], width: int, low: int, high: int
+) -> Iterator[Chunk]:
+    """The store's joined rows (chunk id, first tick, last tick, packed ticks, then signal id, kind,
+    presence, data or four ``None``), one per stored column, as chunks of ``width`` columns: ``wanted``
+    maps a signal id to its places; a place no stored column fills is absent throughout; only the ticks in
+    [low, high] are kept."""
+    current: int | None = None
+    ticks: Sequence[int] = ()
+    cells: list[Sequence[PhysicalValue | None]] = []
+    for chunk_id, first, last, packed, signal_id, kind, present, data in joined:
+        if chunk_id != current:
+            if current is not None:
+                yield _clip(ticks, cells, low, high)
+            current, ticks = chunk_id, columns.chunk_ticks(first, last, packed)
+            cells = [(None,) * len(ticks)] * width
+        if signal_id is not None:
+            decoded = columns.decode(kind, present, data, len(ticks))
+            for place in wanted[signal_id]:
+                cells[place] = decoded
+    if current is not None:
+        yield _clip(ticks, cells, low, high)
 
-    ``chunks`` are (first_tick, last_tick, packed ticks) ordered by first tick; they may overlap (two
-    boots that replayed the same log). A chunk joins the merge only when its first tick is due, so the
-    heap holds the chunks that overlap the current tick, not the whole vin.
+
+def merge_chunks(chunks: Iterable[Chunk]) -> Iterator[Row]:
+    """The rows of chunks given in order of start: every tick once, ascending.
+
+    A chunk is (start, ticks ascending, one column per signal aligned with them, ``None`` where absent);
+    no tick is before its start (the first tick of the stored chunk, before it was cut to a range). Chunks
+    may overlap (two boots that replayed the same log): a tick that several hold is one row, each value
+    taken from the first chunk (in the order given) that has one. A chunk that overlaps no other streams
+    straight through; overlapping ticks wait in a dict until the next chunk's start has passed them,
+    so memory is bounded by the chunks that overlap, not by the range.
     """
-    source = iter(chunks)
-    pending: list[tuple[int, int, Iterator[int]]] = []  # (next tick, arrival order, rest of the chunk)
-    upcoming = next(source, None)
-    order = 0
-    last: int | None = None
-    while pending or upcoming is not None:
-        while upcoming is not None and (not pending or upcoming[0] <= pending[0][0]):
-            ticks = chunk_ticks(*upcoming)
-            first = next(ticks, None)
-            if first is not None:
-                heapq.heappush(pending, (first, order, ticks))
-                order += 1
-            upcoming = next(source, None)
-        if not pending:
-            break
-        tick, key, rest = heapq.heappop(pending)
-        if tick != last:
-            yield tick
-            last = tick
-        following = next(rest, None)
-        if following is not None:
-            heapq.heappush(pending, (following, key, rest))
-
-
-def merge_rows(ticks: Iterable[int], streams: Sequence[Iterable[tuple[int, PhysicalValue]]]) -> Iterator[Row]:
-    """Join per-signal (tick, value) streams onto the tick stream; all ascending. Absent: ``None``."""
-    sources = [iter(stream) for stream in streams]
-    heads = [next(source, None) for source in sources]
-    for tick in ticks:
-        values: list[PhysicalValue | None] = []
-        for index, source in enumerate(sources):
-            head = heads[index]
-            while head is not None and head[0] < tick:  # a value off the grid: cannot happen, skip it
-                head = next(source, None)
-            if head is not None and head[0] == tick:
-                values.append(head[1])
-                head = next(source, None)
-            else:
-                values.append(None)
-            heads[index] = head
-        yield tick, values
+    source = (chunk for chunk in chunks if len(chunk[1]))
+    pending: dict[int, list[PhysicalValue | None]] = {}
+    current = next(source, None)
+    while current is not None:
+        following = next(source, None)
+        horizon = None if following is None else following[0]  # no later chunk has a tick before it
+        if not pending and (horizon is None or current[1][-1] < horizon):
+            yield from _rows(current)
+        else:
+            for tick, values in _rows(current):
+                held = pending.setdefault(tick, values)
+                if held is not values:
+                    for index, value in enumerate(held):
+                        if value is None:
+                            held[index] = values[index]
+            for tick in sorted(t for t in pending if horizon is None or t < horizon):
+                yield tick, pending.pop(tick)
+        current = following
 
 
 def merge_runs(runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

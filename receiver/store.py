@@ -10,25 +10,30 @@ Contract
 - ``store_batch`` is idempotent per chunk: a chunk whose (vin, boot_id, seq) is already stored adds nothing,
   so a batch delivered twice, or a chunk re-sent in another batch after an agent crash, is a no-op (and
   is still reported as stored: it may be acked again).
-- Values are stored physical (``SignalSpec.to_physical``): ints for integer-scaled signals, floats
-  otherwise. An absent value has no row; a NaN float is stored as NULL (SQLite cannot hold NaN).
-- Overlapping ticks (two boots replaying the same log) keep the first value written for a (signal, tick):
-  the store is append-only, nothing already exported or acked is rewritten; the skipped values are counted
-  per chunk (``overlaps``).
+- Columnar (layout: :mod:`receiver.columns`): a chunk is one ``chunks`` row (its ticks) plus one
+  ``chunk_columns`` row per signal with a value in it, holding the chunk's physical values of that signal
+  (``SignalSpec.to_physical``: ints for integer-scaled signals, floats otherwise, NaN, ``-0.0`` and ints
+  past 64 bits included) and a presence bitmap. Chunks are indexed by (vin, first_tick) and
+  ``vins.max_span`` bounds a chunk's last_tick - first_tick, so ``rows`` reads only the chunks of its range.
+- First write wins, at write time: a value whose (signal, tick) a chunk stored earlier already holds (two
+  boots replaying the same log) is dropped from the new chunk's column before it is stored and counted
+  in the chunk's ``overlaps``; nothing already exported or acked is rewritten. So a vin holds at most one
+  value per (signal, tick), and a read is the union of the chunks that overlap its range.
 - One sampling rate per vin: tick numbers of different rates do not share a time axis, so a batch whose
   rate differs from the vin's stored one is refused whole with :class:`RateConflictError` (not acked: the
-  agent keeps the data until an operator moves the vin to a new store).
+  agent keeps the data until an operator moves the vin to a new store). Ticks that do not increase
+  within a chunk or leave int64, or a signal named twice, are garbage: :class:`~agent.errors.WireError`.
 - The caller owns the :class:`~agent.wire.DecodedBatch`; the store keeps nothing of it after the call.
 - Errors: apsw exceptions become ``StorageError`` / ``StorageFullError`` / ``StorageCorruptError`` naming
-  the file.
+  the file. A file of an older schema (version 1 stored a row per value) is refused with StorageError.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,39 +41,11 @@ from typing import Any
 
 import apsw
 
-from agent.errors import EdgeError, StorageCorruptError, StorageError, StorageFullError
-from agent.model import ChunkData, ChunkId, PhysicalValue
+from agent.errors import EdgeError, StorageCorruptError, StorageError, StorageFullError, WireError
+from agent.model import ChunkData, ChunkId, PhysicalValue, RawValue
 from agent.wire import DecodedBatch
-from receiver.export import VinStats, merge_rows, merge_ticks, pack_ticks, summarize
-
-SCHEMA_VERSION = 1
-INT64 = (-(2**63), 2**63 - 1)
-
-DDL = """
-CREATE TABLE IF NOT EXISTS vins (
-    vin TEXT PRIMARY KEY, rate_num INTEGER NOT NULL, rate_den INTEGER NOT NULL, first_seen REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS chunks (
-    vin TEXT NOT NULL, boot_id BLOB NOT NULL, seq INTEGER NOT NULL, first_tick INTEGER, last_tick INTEGER,
-    sample_count INTEGER NOT NULL,
-    ticks BLOB,  -- NULL when the ticks are first_tick..last_tick; else int64 little-endian, one per sample
-    values_stored INTEGER NOT NULL, overlaps INTEGER NOT NULL, received_at REAL NOT NULL,
-    PRIMARY KEY (vin, boot_id, seq)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS chunks_by_tick ON chunks (vin, first_tick);
-CREATE TABLE IF NOT EXISTS signals (
-    id INTEGER PRIMARY KEY, vin TEXT NOT NULL, name TEXT NOT NULL, UNIQUE (vin, name)
-);
-CREATE TABLE IF NOT EXISTS samples (
-    signal_id INTEGER NOT NULL, tick INTEGER NOT NULL,
-    value,  -- no declared type: ints stay ints, floats stay floats (3.0 is not turned into 3)
-    PRIMARY KEY (signal_id, tick)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS gaps (
-    vin TEXT NOT NULL, boot_id BLOB NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
-    reason TEXT NOT NULL, recorded_at REAL NOT NULL, PRIMARY KEY (vin, boot_id, first_seq, last_seq, reason)
-) WITHOUT ROWID;
-"""
+from receiver import columns
+from receiver.export import VinStats, group_chunks, merge_chunks, summarize
 
 
 class RateConflictError(EdgeError):
@@ -88,21 +65,6 @@ class StoreResult:
     overlaps: int  # values skipped: their (signal, tick) was already held by another chunk
 
 
-def _to_sql(value: PhysicalValue) -> Any:
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    return value if INT64[0] <= value <= INT64[1] else str(value)
-
-
-def _from_sql(value: Any) -> PhysicalValue:
-    if value is None:
-        return math.nan
-    if isinstance(value, str):
-        return int(value)
-    assert isinstance(value, int | float)
-    return value
-
-
 class Store:
     """The receiver's SQLite store; see the module docstring for the contract."""
 
@@ -110,7 +72,6 @@ class Store:
         self, path: str | os.PathLike[str], *, readonly: bool = False, busy_timeout_ms: int = 10_000
     ) -> None:
         self.path = os.fspath(path)
-        self._signal_ids: dict[tuple[str, str], int] = {}  # committed signals only
         with self._guard("open"):
             if readonly:
                 if not os.path.exists(self.path):
@@ -129,8 +90,11 @@ class Store:
     def _setup(self, readonly: bool, busy_timeout_ms: int) -> None:
         self._conn.setbusytimeout(busy_timeout_ms)
         version = self._fetch("PRAGMA user_version")[0][0]
-        if version not in (0, SCHEMA_VERSION) or (readonly and version == 0):
-            raise StorageError(f"{self.path} is not a receiver store of version {SCHEMA_VERSION}")
+        if version not in (0, columns.SCHEMA_VERSION) or (readonly and version == 0):
+            older = " (version 1 stored a row per value: re-ingest into a new store)" if version == 1 else ""
+            raise StorageError(
+                f"{self.path} is not a receiver store of version {columns.SCHEMA_VERSION}{older}"
+            )
         if readonly:
             return
         mode = self._fetch("PRAGMA journal_mode=WAL")[0][0]
@@ -138,8 +102,8 @@ class Store:
             raise StorageError(f"{self.path}: cannot switch to WAL (journal_mode is {mode})")
         self._conn.execute("PRAGMA synchronous=FULL")
         with self._transaction():
-            self._conn.execute(DDL)
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._conn.execute(columns.DDL)
+            self._conn.execute(f"PRAGMA user_version={columns.SCHEMA_VERSION}")
 
     # --- plumbing ----------------------------------------------------------------------------------------
 
@@ -179,71 +143,101 @@ class Store:
 
     def store_batch(self, batch: DecodedBatch) -> StoreResult:
         """Store the batch's new chunks and its eviction notices in one durable transaction."""
-        new_signals: dict[tuple[str, str], int] = {}
-        new = duplicates = samples = overlaps = 0
+        if len(set(batch.schema.names)) != len(batch.schema.names):
+            raise WireError(f"batch for vin {batch.vin} names a signal twice in its schema")
+        for chunk in batch.chunks:
+            if not columns.increasing(chunk.ticks):
+                raise WireError(f"chunk {chunk.boot_id.hex()}/{chunk.seq}: ticks must increase within int64")
+        coders = [columns.ColumnCoder(spec) for spec in batch.schema.signals]
+        counts: list[tuple[int, int, int]] = []  # (values stored, values overlapping, id) per new chunk
         with self._guard("write to"), self._transaction():
-            self._check_rate(batch)
-            ids = []
-            for name in batch.schema.names:
-                key = (batch.vin, name)
-                if key not in self._signal_ids:
-                    self._conn.execute("INSERT OR IGNORE INTO signals (vin, name) VALUES (?, ?)", key)
-                    found = self._fetch("SELECT id FROM signals WHERE vin = ? AND name = ?", key)
-                    new_signals[key] = int(found[0][0])
-                ids.append(self._signal_ids[key] if key in self._signal_ids else new_signals[key])
+            span = old_span = self._check_rate(batch)
+            names = [(batch.vin, name) for name in batch.schema.names]
+            self._conn.executemany("INSERT OR IGNORE INTO signals (vin, name) VALUES (?, ?)", names)
+            known = dict(self._fetch("SELECT name, id FROM signals WHERE vin = ?", (batch.vin,)))
+            ids = [int(known[name]) for _, name in names]
             now = time.time()
             self._conn.executemany(
                 "INSERT OR IGNORE INTO gaps VALUES (?, ?, ?, ?, 'evicted', ?)",
                 [(batch.vin, boot, first, last, now) for boot, first, last in batch.evicted],
             )
+            pending: list[tuple[int, int, int, bytes | None, bytes]] = []  # chunk_columns rows
             for chunk in batch.chunks:
-                if not self._insert_chunk(batch.vin, chunk, now):
-                    duplicates += 1
-                    continue
-                new += 1
-                inserted, attempted = self._insert_samples(batch, chunk, ids)
-                samples += inserted
-                overlaps += attempted - inserted
-                self._conn.execute(
-                    "UPDATE chunks SET values_stored = ?, overlaps = ? "
-                    "WHERE vin = ? AND boot_id = ? AND seq = ?",
-                    (inserted, attempted - inserted, batch.vin, chunk.boot_id, chunk.seq),
-                )
-        self._signal_ids.update(new_signals)
-        stored = list(dict.fromkeys(chunk.id for chunk in batch.chunks))
-        return StoreResult(stored, new, duplicates, samples, overlaps)
+                chunk_id = self._insert_chunk(batch.vin, chunk, now)
+                if chunk_id is None:
+                    continue  # a duplicate
+                raw_columns: Sequence[Sequence[RawValue | None]] = chunk.columns
+                skipped = 0
+                if chunk.ticks:
+                    held = self._held(batch.vin, chunk_id, chunk.ticks[0], chunk.ticks[-1], span, pending)
+                    if held:  # rare: another boot's chunk stored values at some of these ticks
+                        raw_columns, skipped = columns.without(
+                            chunk.ticks, raw_columns, [held[i] for i in ids]
+                        )
+                    span = max(span, chunk.ticks[-1] - chunk.ticks[0])
+                stored = 0
+                for coder, signal_id, column in zip(coders, ids, raw_columns, strict=True):
+                    encoded = coder.encode(column)
+                    if encoded is not None:
+                        pending.append((chunk_id, signal_id, *encoded[:3]))
+                        stored += encoded[3]
+                counts.append((stored, skipped, chunk_id))
+            self._conn.executemany(columns.INSERT_COLUMNS, pending)
+            self._conn.executemany("UPDATE chunks SET values_stored = ?, overlaps = ? WHERE id = ?", counts)
+            if span != old_span:
+                self._conn.execute("UPDATE vins SET max_span = ? WHERE vin = ?", (span, batch.vin))
+        stored_ids = list(dict.fromkeys(chunk.id for chunk in batch.chunks))
+        values, overlaps = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        return StoreResult(stored_ids, len(counts), len(batch.chunks) - len(counts), values, overlaps)
 
-    def _check_rate(self, batch: DecodedBatch) -> None:
+    def _check_rate(self, batch: DecodedBatch) -> int:
+        """Refuse a batch of another rate than the vin's; return the vin's ``max_span``."""
         rate = batch.schema.rate
-        row = self._fetch("SELECT rate_num, rate_den FROM vins WHERE vin = ?", (batch.vin,))
+        row = self._fetch("SELECT rate_num, rate_den, max_span FROM vins WHERE vin = ?", (batch.vin,))
         if not row:
             values = (batch.vin, rate.numerator, rate.denominator, time.time())
-            self._conn.execute("INSERT INTO vins VALUES (?, ?, ?, ?)", values)
-            return
+            self._conn.execute(
+                "INSERT INTO vins (vin, rate_num, rate_den, first_seen) VALUES (?, ?, ?, ?)", values
+            )
+            return 0
         stored = Fraction(row[0][0], row[0][1])
         if stored != rate:
             raise RateConflictError(
                 f"vin {batch.vin}: batch sampled at {rate} Hz but {self.path} holds this vin at "
                 f"{stored} Hz; a store keeps one rate per vin (use a new store for the new rate)"
             )
+        return int(row[0][2])
 
-    def _insert_chunk(self, vin: str, chunk: ChunkData, now: float) -> bool:
+    def _insert_chunk(self, vin: str, chunk: ChunkData, now: float) -> int | None:
+        """The new chunk's id, or ``None`` when it is stored already."""
         ticks = chunk.ticks
         first, last = (ticks[0], ticks[-1]) if ticks else (None, None)
-        row = (vin, chunk.boot_id, chunk.seq, first, last, len(ticks), pack_ticks(ticks), now)
-        self._conn.execute("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?)", row)
-        return bool(self._conn.changes())
+        row = (vin, chunk.boot_id, chunk.seq, first, last, len(ticks), columns.pack_ticks(ticks), now)
+        inserted = self._fetch(
+            "INSERT OR IGNORE INTO chunks (vin, boot_id, seq, first_tick, last_tick, sample_count, ticks, "
+            "values_stored, overlaps, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?) RETURNING id",
+            row,
+        )
+        return int(inserted[0][0]) if inserted else None
 
-    def _insert_samples(self, batch: DecodedBatch, chunk: ChunkData, ids: list[int]) -> tuple[int, int]:
-        rows = [
-            (signal_id, tick, _to_sql(spec.to_physical(raw)))
-            for spec, signal_id, column in zip(batch.schema.signals, ids, chunk.columns, strict=True)
-            for tick, raw in zip(chunk.ticks, column, strict=True)
-            if raw is not None
-        ]
-        before = self._conn.total_changes()
-        self._conn.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?)", rows)
-        return self._conn.total_changes() - before, len(rows)
+    def _held(
+        self, vin: str, chunk_id: int, first: int, last: int, span: int, pending: list[Any]
+    ) -> defaultdict[int, set[int]] | None:
+        """Per signal id, the ticks in [first, last] that other chunks of the vin hold a value for, or
+        ``None`` when no other chunk overlaps; stores the ``pending`` column rows first when one does."""
+        earlier = self._fetch(columns.OVERLAPPING, (vin, first - span, last, first, chunk_id))
+        if not earlier:
+            return None
+        self._conn.executemany(columns.INSERT_COLUMNS, pending)
+        pending.clear()
+        held: defaultdict[int, set[int]] = defaultdict(set)
+        for other, other_first, other_last, packed in earlier:
+            ticks = columns.chunk_ticks(other_first, other_last, packed)
+            for signal_id, present in self._fetch(
+                "SELECT signal_id, present FROM chunk_columns WHERE chunk_id = ?", (other,)
+            ):
+                held[signal_id].update(ticks[index] for index in columns.positions(present, len(ticks)))
+        return held
 
     # --- reading -----------------------------------------------------------------------------------------
 
@@ -273,31 +267,22 @@ class Store:
         """Every stored tick of ``vin`` in [start, end], in tick order, with the values of ``names``.
 
         A tick appears once even when several boots' chunks cover it; a value absent there is ``None``.
-        Streams: memory is one cursor per signal plus the chunks whose ticks are still pending.
+        Streams: one statement reads the chunks that overlap the range and, joined, their columns of
+        ``names``; memory is one chunk plus the chunks that overlap it.
         """
         self.rate(vin)  # raises for an unknown vin
         known = dict(self._query("SELECT name, id FROM signals WHERE vin = ?", (vin,)))
         missing = [name for name in names if name not in known]
         if missing:
             raise NotFoundError(f"vin {vin!r} has no signal {missing[0]!r}")
-        low = INT64[0] if start_tick is None else start_tick
-        high = INT64[1] if end_tick is None else end_tick
+        wanted: dict[int, list[int]] = {}  # signal id -> its places in ``names``
+        for place, name in enumerate(names):
+            wanted.setdefault(known[name], []).append(place)
+        low = columns.INT64_RANGE[0] if start_tick is None else start_tick
+        high = columns.INT64_RANGE[1] if end_tick is None else end_tick
         with self._guard("read"):
-            chunks = self._conn.execute(
-                "SELECT first_tick, last_tick, ticks FROM chunks WHERE vin = ? AND sample_count > 0 "
-                "AND first_tick <= ? AND last_tick >= ? ORDER BY first_tick",
-                (vin, high, low),
-            )
-            streams = [
-                self._conn.execute(
-                    "SELECT tick, value FROM samples "
-                    "WHERE signal_id = ? AND tick BETWEEN ? AND ? ORDER BY tick",
-                    (known[name], low, high),
-                )
-                for name in names
-            ]
-            values = [((tick, _from_sql(value)) for tick, value in stream) for stream in streams]
-            yield from merge_rows((t for t in merge_ticks(chunks) if low <= t <= high), values)
+            cursor = self._conn.execute(columns.range_query(len(wanted)), [vin, low, high, *wanted])
+            yield from merge_chunks(group_chunks(cursor, wanted, len(names), low, high))
 
     def stats(self) -> list[VinStats]:
         """Per vin: chunks, samples, values, overlaps, evicted chunks, and seq runs that are missing."""

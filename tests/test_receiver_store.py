@@ -1,4 +1,5 @@
-"""The receiver's store on real SQLite files: dedupe by chunk id, physical values, merged export rows."""
+"""The receiver's store on real SQLite files: dedupe by chunk id, physical values, merged export rows, and
+the columnar layout underneath: first write wins per (signal, tick), range reads, the column codec."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import tempfile
 from fractions import Fraction
 from pathlib import Path
 
+import apsw
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import wire
-from agent.errors import StorageCorruptError
+from agent.errors import StorageCorruptError, StorageError, WireError
 from agent.model import ChunkData, ChunkId, RawValue, Schema, SignalSpec
-from receiver.export import merge_rows, merge_ticks, missing_runs, pack_ticks
+from receiver import columns
+from receiver.export import merge_chunks, missing_runs
 from receiver.store import NotFoundError, RateConflictError, Store
 
 BOOT = bytes(range(16))
@@ -226,20 +229,192 @@ def test_any_delivery_order_stores_the_union_once(
         assert list(store.rows(VIN, ["M.A", "M.B"])) == sorted(expected.items())
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(st.integers(-50, 50), min_size=1, max_size=12, unique=True), max_size=8))
-def test_merge_ticks_is_the_sorted_union_of_overlapping_chunks(chunk_ticks: list[list[int]]) -> None:
-    chunks = sorted(((min(t), max(t), pack_ticks(sorted(t))) for t in chunk_ticks), key=lambda c: c[0])
-    assert list(merge_ticks(chunks)) == sorted({tick for ticks in chunk_ticks for tick in ticks})
-
-
-def test_merge_rows_and_missing_runs() -> None:
-    rows = merge_rows([1, 2, 3, 5], [[(1, 10), (3, 30)], [], [(5, 1.5)]])
-    assert list(rows) == [
-        (1, [10, None, None]),
-        (2, [None] * 3),
-        (3, [30, None, None]),
-        (5, [None, None, 1.5]),
-    ]
+def test_missing_runs() -> None:
     assert missing_runs([(0, 1), (5, 5), (9, 9)], [(3, 3), (12, 20)]) == [(2, 2), (4, 4), (6, 8)]
     assert missing_runs([], [(0, 4)]) == []
+
+
+# --- columnar storage: first write wins across boots, ranges, the column codec ----------------------------
+
+
+def test_overlapping_boots_in_one_batch_and_a_long_chunk_in_range_reads(store: Store) -> None:
+    # Boot 1's chunk skips ticks (0, 500, 1000): its span bounds every range read of the vin.
+    long = chunk(0, [0, 500, 1000], [1, 2, 3], [None] * 3, [None] * 3)
+    later = chunk(1, [1001, 1002], [4, 5], [None] * 2, [None] * 2)
+    replay = chunk(0, [499, 500, 501, 1000], [7, 8, None, 9], [1, 1, 1, 1], [None] * 4, boot=OTHER_BOOT)
+    result = store.store_batch(batch([long, later, replay]))
+    assert (result.new, result.samples, result.overlaps) == (3, 10, 2)  # Rpm at 500 and 1000 were held
+    assert list(store.rows(VIN, ["Engine.Rpm", "Engine.Temp"], 600, 1001)) == [
+        (1000, [-34, 0.5]),  # boot 1's Rpm (3 * 2 - 40), boot 2's Temp: it had none there
+        (1001, [-32, None]),
+    ]
+    assert [t for t, _ in store.rows(VIN, ["Imu.Accel"], 500, 500)] == [500]
+    assert list(store.rows(VIN, [], 499, 501)) == [(499, []), (500, []), (501, [])]
+    assert list(store.rows(VIN, ["Engine.Rpm", "Engine.Rpm"], 499, 499)) == [(499, [-26, -26])]
+    assert list(store.rows(VIN, ["Engine.Rpm"], 2000, 3000)) == []
+    (stats,) = store.stats()
+    assert (stats.chunks, stats.samples, stats.values, stats.overlaps) == (3, 9, 10, 2)
+
+
+def test_ticks_that_do_not_increase_are_refused_whole(store: Store) -> None:
+    good = chunk(0, [0, 1], [1, 2], [1, 2], [1.0, 2.0])
+    bad = chunk(1, [5, 5], [1, 2], [1, 2], [1.0, 2.0])
+    with pytest.raises(WireError, match="ticks must increase"):
+        store.store_batch(wire.DecodedBatch(VIN, SCHEMA, [good, bad], [], 0.0))
+    assert store.vins() == []  # nothing of the batch was stored
+    twice = Schema(Fraction(50), (SignalSpec("A.B"), SignalSpec("A.B")))
+    with pytest.raises(WireError, match="twice"):
+        store.store_batch(wire.DecodedBatch(VIN, twice, [chunk(0, [0], [1], [2])], [], 0.0))
+
+
+def test_a_store_of_the_per_value_layout_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    connection = apsw.Connection(str(path))
+    connection.execute("CREATE TABLE samples (signal_id, tick, value); PRAGMA user_version=1")
+    connection.close()
+    with pytest.raises(StorageError, match=r"not a receiver store of version 2 \(version 1 stored a row"):
+        Store(path)
+
+
+BOOTS = [bytes([n]) * 16 for n in range(3)]
+MIXED = Schema(
+    Fraction(25), (SignalSpec("M.A", scale=3, offset=1), SignalSpec("M.B", scale=0.5, integer_scaled=False))
+)
+
+
+@st.composite
+def boot_chunks(draw: st.DrawFn) -> list[ChunkData]:
+    """Chunks of up to three boots that replay overlapping stretches of the same ticks."""
+    chunks, seqs = [], [0, 0, 0]
+    for _ in range(draw(st.integers(1, 7))):
+        boot = draw(st.integers(0, 2))
+        ticks = sorted(draw(st.sets(st.integers(0, 40), min_size=1, max_size=8)))
+        value = st.one_of(st.none(), st.integers(-5, 5))
+        a = [draw(value) for _ in ticks]
+        b = [draw(st.one_of(st.none(), st.sampled_from([0, 1, -2]))) for _ in ticks]
+        chunks.append(ChunkData(BOOTS[boot], seqs[boot], ticks, [a, b]))  # type: ignore[list-item]
+        seqs[boot] += 1
+    return chunks
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=boot_chunks(), order=st.randoms(use_true_random=False), size=st.integers(1, 3), data=st.data())
+def test_first_stored_value_wins_per_signal_and_tick(
+    chunks: list[ChunkData], order: random.Random, size: int, data: st.DataObject
+) -> None:
+    deliveries = chunks + [
+        chunks[i] for i in data.draw(st.lists(st.integers(0, len(chunks) - 1), max_size=4))
+    ]
+    order.shuffle(deliveries)
+    held: dict[tuple[int, int], object] = {}
+    ticks: set[int] = set()
+    seen, values, overlaps = set(), 0, 0
+    for c in deliveries:  # the model: a chunk's values count in storage order, first come first kept
+        if c.id in seen:
+            continue
+        seen.add(c.id)
+        ticks.update(c.ticks)
+        for index, (spec, column) in enumerate(zip(MIXED.signals, c.columns, strict=True)):
+            for tick, raw in zip(c.ticks, column, strict=True):
+                if raw is not None:
+                    fresh = (index, tick) not in held
+                    held.setdefault((index, tick), spec.to_physical(raw))
+                    values, overlaps = values + fresh, overlaps + (not fresh)
+    expected = [(t, [held.get((0, t)), held.get((1, t))]) for t in sorted(ticks)]
+    with tempfile.TemporaryDirectory() as folder, Store(Path(folder) / "p.sqlite") as store:
+        for start in range(0, len(deliveries), size):
+            store.store_batch(batch(deliveries[start : start + size], schema=MIXED))
+        (stats,) = store.stats()
+        assert (stats.values, stats.overlaps) == (values, overlaps)
+        assert list(store.rows(VIN, ["M.A", "M.B"])) == expected
+        low, high = sorted(data.draw(st.lists(st.integers(-1, 42), min_size=2, max_size=2)))
+        assert list(store.rows(VIN, ["M.B"], low, high)) == [
+            (t, v[1:]) for t, v in expected if low <= t <= high
+        ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.dictionaries(st.integers(-20, 20), st.one_of(st.none(), st.integers(0, 9)), min_size=1),
+            st.integers(0, 5),
+        )
+    )
+)
+def test_merge_chunks_takes_each_value_from_the_first_chunk_that_has_one(
+    chunks: list[tuple[dict[int, int | None], int]],
+) -> None:
+    # A chunk's start may be before its first tick (a stored chunk cut to a range): chunks come by start.
+    ordered = sorted(((min(c) - lead, c) for c, lead in chunks), key=lambda item: item[0])
+    expected: dict[int, list[int | None]] = {}
+    for _, c in ordered:
+        for tick, value in c.items():
+            row = expected.setdefault(tick, [None])
+            row[0] = value if row[0] is None else row[0]
+    merged = merge_chunks((start, sorted(c), [[c[t] for t in sorted(c)]]) for start, c in ordered)
+    assert list(merged) == sorted(expected.items())
+
+
+SPECS = [
+    SignalSpec("I.Plain"),
+    SignalSpec("I.Scaled", scale=-3.0, offset=-40.0),
+    SignalSpec("F.Scaled", scale=0.1, offset=-0.0, integer_scaled=False),
+    SignalSpec("F.Offset", scale=0.5, offset=1.5, integer_scaled=False),
+    SignalSpec("F.Ieee", is_float=True, integer_scaled=False),
+]
+RAWS = st.one_of(
+    st.none(),
+    st.integers(-(2**66), 2**66),
+    st.sampled_from([0, -0.0, 0.0, 3.0, 2.5, math.nan, math.inf, 7, 2**63, -(2**63) - 1]),
+    st.floats(allow_nan=True, allow_infinity=False, width=64),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    spec=st.sampled_from(SPECS),
+    column=st.one_of(
+        st.lists(RAWS, min_size=1, max_size=20),
+        st.tuples(RAWS, st.integers(1, 20)).map(lambda held: [held[0]] * held[1]),  # sample-and-hold
+    ),
+)
+def test_a_column_round_trips_exactly_as_to_physical(spec: SignalSpec, column: list[RawValue | None]) -> None:
+    try:
+        expected = [None if raw is None else spec.to_physical(raw) for raw in column]
+    except (OverflowError, ValueError):  # int(inf), float(2**1100): not values a decoder gives
+        return
+    encoded = columns.ColumnCoder(spec).encode(column)
+    if all(value is None for value in expected):
+        assert encoded is None
+        return
+    assert encoded is not None
+    kind, present, data, count = encoded
+    assert count == sum(value is not None for value in expected)
+    decoded = columns.decode(kind, present, data, len(column))
+    assert [repr(v) for v in decoded] == [repr(v) for v in expected]  # types, NaN and -0.0 alike
+    assert [type(v) for v in decoded] == [type(v) for v in expected]
+
+
+def test_stored_columns_are_compact_and_checked(store: Store) -> None:
+    coder = columns.ColumnCoder(SignalSpec("Gear.Gear"))
+    assert coder.encode([3] * 50) == (columns.INT64 | columns.CONSTANT, None, (3).to_bytes(8, "little"), 50)
+    kind, present, data, _ = coder.encode([None, None, 4, 5])  # type: ignore[misc]
+    assert (kind, present, len(data)) == (columns.INT64, bytes([0b1100]), 16)
+    with pytest.raises(StorageCorruptError):
+        columns.decode(columns.INT64, None, data, 3)
+    assert columns.pack_ticks([5, 6, 7]) is None
+    assert list(columns.chunk_ticks(7, 12, columns.pack_ticks([7, 9, 12]))) == [7, 9, 12]
+
+
+def test_the_receiver_bench_runs_on_a_short_drive(tmp_path: Path) -> None:
+    from agent.sim import simulate, write_log
+    from tests.harness import bench_receiver
+
+    log = tmp_path / "short.log.gz"
+    write_log(log, simulate("city", 3.0, 5, bench_receiver.DBC))
+    hour = bench_receiver.build_hour(log, repeats=2)
+    assert hour.last_tick - hour.first_tick + 1 == hour.samples  # the boots follow each other, no gap
+    measures, digest = bench_receiver.measure(hour, tmp_path, with_digest=True)
+    assert [m[0] for m in measures][:2] == ["receiver ingest, one hour", "receiver ingest rate"]
+    assert all(value > 0 for _, value, _, _ in measures) and digest

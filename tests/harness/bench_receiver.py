@@ -1,0 +1,203 @@
+"""The receiver's store through one hour of a vehicle's backlog (issue #4): ingest CPU and wall, reads.
+
+The hour is built the way the agent builds it, with its own modules: ``replay_logs/highway.log.gz`` (6
+minutes) decoded with :func:`agent.decode.build_decoder` (``dbc/reference_ev.dbc``, every signal), put
+on the 50 Hz grid by :class:`agent.sample.Sampler`, sealed 50 samples to a chunk by
+:class:`agent.chunk.Chunker` and packed 240 chunks to a batch by :func:`agent.wire.encode_batch`. The
+drive is repeated 10 times, each repetition a fresh boot (its own boot id, seqs from 0, a fresh sampler:
+its first ticks have absent values) that starts where the previous one ended, so the hour is 180,000
+ticks of one vin in 15 batches. Boot ids are fixed, so two runs store the same data (``--digest``
+prints a digest of the exported hour to compare two versions of the store).
+
+Measured in this process, on a fresh store in a temporary folder (WAL, ``synchronous=FULL``):
+
+- ingest: ``Store.store_batch(wire.decode_batch(payload))`` for every batch in order, CPU seconds
+  (``time.process_time``) and wall seconds; the decode's share is timed on its own.
+- reads: ``Store.rows`` for one signal over one minute in the middle of the hour, for one signal over the
+  hour and for every signal over the hour (every row consumed), best of 3, CPU seconds.
+
+``python -m tests.harness.bench_receiver`` prints the table; :func:`receiver_rows` gives its rows, each
+``(measure, value, unit, note)``, for ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from agent import wire
+from agent.chunk import Chunker, SealedChunk
+from agent.decode import build_decoder
+from agent.model import Schema
+from agent.sample import Sampler, to_micros
+from agent.source import read_log
+from receiver.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+DBC = ROOT / "dbc" / "reference_ev.dbc"
+DEFAULT_LOG = ROOT / "replay_logs" / "highway.log.gz"
+VIN = "BENCH0STORE000001"
+REPEATS = 10  # 10 x 6 minutes: one hour
+CHUNK_SAMPLES = 50  # one second at 50 Hz: what the agent seals at commit_interval_s 1.0
+BATCH_CHUNKS = 240  # a backlog batch (the uploader packs what is committed, to 256 KiB)
+MINUTE_TICKS = 50 * 60
+READ_RUNS = 3
+Measure = tuple[str, float, str, str]
+
+
+@dataclass(frozen=True)
+class Hour:
+    schema: Schema
+    payloads: list[bytes]
+    chunks: int
+    samples: int
+    first_tick: int
+    last_tick: int
+
+
+def build_hour(log: Path = DEFAULT_LOG, repeats: int = REPEATS) -> Hour:
+    """``repeats`` boots replaying ``log`` back to back, encoded and batched as the agent does."""
+    decoder = build_decoder([("can0", [DBC], "auto")])
+    schema = Schema(Fraction(50), tuple(decoder.signals))
+    frames = [(to_micros(frame.timestamp), decoder.decode(frame)) for frame in read_log(log)]
+    tick_us = 1_000_000 // 50
+    first, last = -(-frames[0][0] // tick_us), max(micros for micros, _ in frames) // tick_us
+    span = (last - first + 1) * tick_us  # the next boot's first tick follows this one's last
+    sealed: list[SealedChunk] = []
+    for repeat in range(repeats):
+        boot = hashlib.blake2b(f"bench boot {repeat}".encode(), digest_size=16).digest()
+        chunker = Chunker(schema, boot, CHUNK_SAMPLES)
+        sampler = Sampler(schema.rate, len(schema.signals), chunker.add)
+        for micros, updates in frames:
+            sampler.feed(micros + repeat * span, updates)
+        sampler.finish()
+        chunker.seal()
+        sealed += chunker.take()
+    payloads = [
+        wire.encode_batch(VIN, schema, [c.payload for c in sealed[i : i + BATCH_CHUNKS]])
+        for i in range(0, len(sealed), BATCH_CHUNKS)
+    ]
+    end = sealed[-1].first_tick + sealed[-1].sample_count - 1
+    samples = sum(c.sample_count for c in sealed)
+    return Hour(schema, payloads, len(sealed), samples, sealed[0].first_tick, end)
+
+
+def best_cpu(fn: Callable[[], object], runs: int = READ_RUNS) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(runs):
+        started = time.process_time()
+        result = fn()
+        times.append(time.process_time() - started)
+    return min(times), result
+
+
+def digest(store: Store, names: Sequence[str]) -> str:
+    hasher = hashlib.blake2b(digest_size=16)
+    for tick, values in store.rows(VIN, names):
+        hasher.update(repr((tick, values)).encode())
+    return hasher.hexdigest()
+
+
+def measure(hour: Hour, folder: Path, with_digest: bool = False) -> tuple[list[Measure], str | None]:
+    path = folder / "bench-receiver.sqlite"
+    values = hour.samples * len(hour.schema.signals)
+    with Store(path) as store:
+        decode_cpu = 0.0
+        stored = 0
+        cpu, wall = time.process_time(), time.perf_counter()
+        for payload in hour.payloads:
+            started = time.process_time()
+            batch = wire.decode_batch(payload)
+            decode_cpu += time.process_time() - started
+            stored += store.store_batch(batch).samples
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        size = sum(os.path.getsize(p) for p in folder.iterdir() if p.name.startswith(path.name))
+        names = store.signals(VIN)
+        one = "DriveSpeed.VehicleSpeed" if "DriveSpeed.VehicleSpeed" in names else names[0]
+        middle = (hour.first_tick + hour.last_tick) // 2
+        minute_cpu, minute = best_cpu(lambda: list(store.rows(VIN, [one], middle, middle + MINUTE_TICKS - 1)))
+        signal_cpu, signal_rows = best_cpu(lambda: sum(1 for _ in store.rows(VIN, [one])))
+        all_cpu, all_rows = best_cpu(lambda: sum(1 for _ in store.rows(VIN, names)))
+        hashed = digest(store, names) if with_digest else None
+    assert isinstance(minute, list) and len(minute) == min(MINUTE_TICKS, hour.last_tick - middle + 1)
+    assert signal_rows == all_rows == hour.samples, (signal_rows, all_rows, hour.samples)
+    what = f"{hour.samples:,} ticks x {len(names)} signals in {len(hour.payloads)} batches"
+    measures: list[Measure] = [
+        (
+            "receiver ingest, one hour",
+            cpu,
+            "CPU s",
+            f"{what} ({hour.chunks} chunks, {stored:,} values stored), "
+            f"decode_batch + store_batch in-process; decode alone {decode_cpu:.2f} s, "
+            f"store alone {cpu - decode_cpu:.2f} s; {wall:.2f} s wall (fsync per batch)",
+        ),
+        (
+            "receiver ingest rate",
+            hour.samples / cpu,
+            "ticks/CPU s",
+            f"{values / cpu:,.0f} values per CPU second",
+        ),
+        ("receiver store size", size / values, "B/value", f"{size:,} bytes on disk (db + WAL) for the hour"),
+        (
+            "rows(), 1 signal x 1 minute",
+            minute_cpu * 1000,
+            "CPU ms",
+            f"{one}, {len(minute):,} ticks mid-hour",
+        ),
+        ("rows(), 1 signal x 1 hour", signal_cpu, "CPU s", f"{one}, {hour.samples:,} ticks"),
+        ("rows(), all signals x 1 hour", all_cpu, "CPU s", f"{len(names)} signals, {hour.samples:,} ticks"),
+    ]
+    return measures, hashed
+
+
+def receiver_rows(
+    log: Path = DEFAULT_LOG, progress: Callable[[str], None] | None = None, repeats: int = REPEATS
+) -> list[Measure]:
+    """The receiver store's rows for ``make bench``: (measure, value, unit, note)."""
+    say = progress or (lambda _text: None)
+    say(f"encoding one hour ({repeats} x {log.name}) as the agent does")
+    hour = build_hour(log, repeats)
+    say(f"storing {len(hour.payloads)} batches ({hour.samples} samples) in a fresh receiver store")
+    with tempfile.TemporaryDirectory(prefix="bench-receiver-") as folder:
+        measures, _ = measure(hour, Path(folder))
+    return measures
+
+
+def print_measures(measures: Sequence[Measure]) -> None:
+    width = max(len(m[0]) + len(m[2]) + 3 for m in measures)
+    for name, value, unit, _ in measures:
+        print(f"{f'{name} ({unit})':<{width}} {value:>14,.2f}")
+    print()
+    for name, _, unit, note in measures:
+        print(f"- {name} ({unit}): {note}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--log", type=Path, default=DEFAULT_LOG, help="the drive to repeat (default highway)")
+    parser.add_argument("--digest", action="store_true", help="print a digest of the exported hour")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    hour = build_hour(args.log)
+    print(f"built the hour in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench-receiver-") as folder:
+        measures, hashed = measure(hour, Path(folder), args.digest)
+    print(f"measured in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    print_measures(measures)
+    if hashed is not None:
+        print(f"\ndigest of rows(all signals): {hashed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
