@@ -115,7 +115,7 @@ class Buffer:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = self._open()
         except StorageCorruptError as error:
-            stamp = time.strftime("%Y%m%dT%H%M%S")
+            stamp = int(time.time())
             quarantine = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
             attempt = 1
             while any(Path(f"{quarantine}{suffix}").exists() for suffix in ("", "-wal", "-shm")):
@@ -151,7 +151,10 @@ class Buffer:
                         db.execute(probe).fetchall()
                     except apsw.SQLError as error:
                         raise apsw.CorruptError(f"schema damaged: {error}") from error
-                db.execute("REINDEX")  # quick_check does not compare indexes with their tables
+                try:
+                    db.execute("REINDEX")  # quick_check does not compare indexes with their tables
+                except apsw.ConstraintError as error:
+                    raise apsw.CorruptError(f"index damaged: {error}") from error
             with db:
                 if self.check:  # the running totals heal from any drift at every start
                     db.execute(
@@ -257,11 +260,11 @@ class Buffer:
             self._drop_where("created < ?", (now - cap.max_age_s,), "age")
         if cap.max_bytes <= 0:
             return True
+        if cap.policy == "refuse_new":
+            return self._admit(cap, incoming)
         excess = self._counter("payload_bytes") + incoming - cap.max_bytes
         if excess <= 0:
             return True
-        if cap.policy == "refuse_new":
-            return self._admit(cap, incoming)
         self._drop_oldest(int(excess), "cap")
         return True
 
@@ -320,15 +323,23 @@ class Buffer:
         self._bump("dropped_chunks", len(chunks))
         self._bump("dropped_samples", sum(count for _, _, count in chunks))
 
-    def free_space(self, wanted: int, reason: str) -> int:
-        """Drop the oldest chunks until ``wanted`` bytes are freed, then shrink the WAL (a full disk)."""
+    def free_space(self, wanted: int, reason: str, truncate: bool = True) -> int:
+        """Drop the oldest chunks until ``wanted`` bytes are freed, then checkpoint (and shrink the WAL)."""
         try:
             with self.db:
                 freed = self._drop_oldest(wanted, reason)
-            self.checkpoint()
+            if truncate:
+                self.checkpoint()
+            else:
+                self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except apsw.Error as error:
             raise _wrap(self.path, "free space", error) from error
         return freed
+
+    def free_pages_bytes(self) -> int:
+        """Bytes of free pages inside the database file: room for new rows without growing the file."""
+        free, size = self._run("free pages", "SELECT * FROM pragma_freelist_count, pragma_page_size")[0]
+        return int(free) * int(size)
 
     def checkpoint(self) -> None:
         """Copy the WAL into the main file and truncate it, giving its space back to the file system."""

@@ -192,9 +192,12 @@ class BufferConfig:
 
 @dataclass(frozen=True)
 class UploadConfig:
+    """``compression``: of each batch, one of :data:`agent.wire.COMPRESSIONS` (the receiver reads all)."""
+
     max_inflight_batches: int = 8
     max_batch_bytes: int = 262144
     ack_timeout_s: float = 15.0
+    compression: str = "zstd"
     max_bytes_per_s: float = 0.0  # 0 = no bandwidth cap
 
 
@@ -294,6 +297,7 @@ AGENT_SCHEMA = Section(
                 "max_inflight_batches": Integer(min=1, max=1000),
                 "max_batch_bytes": Integer(min=1024),
                 "ack_timeout_s": Float(min=0, min_open=True),
+                "compression": Choice("zstd", "zlib", "none"),
                 "max_bytes_per_s": Float(min=0),
             },
         ),

@@ -15,9 +15,10 @@ Contract
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ import can
 import cantools
 from cantools.database.errors import Error as CantoolsError
 
-from agent.errors import DbcError
+from agent import predict
+from agent.config import BOUNDS_PRESETS
+from agent.errors import ConfigError, DbcError
 from agent.logs import get_logger
 from agent.model import SignalSpec
 
@@ -124,31 +127,75 @@ class Decoder:
         return [(column, values[name]) for name, column in target.columns if name in values]
 
 
-def _spec(message: Any, signal: Any, bounds: dict[str, float], predictor: str) -> SignalSpec:
+def _is_discrete(signal: Any) -> bool:
+    """Value names, flags (1-2 bits), multiplexers, counters and checksums: always lossless."""
+    return (
+        bool(signal.choices)
+        or signal.length <= 2
+        or bool(signal.is_multiplexer)
+        or bool(_DISCRETE_NAME.search(signal.name))
+    )
+
+
+def _angle(name: str, signal: Any, turn: float) -> tuple[int, int]:
+    """(period, low) in raw units of a signal declared an angle whose whole turn is ``turn``."""
+    scale = abs(float(signal.scale))
+    period = round(turn / scale)
+    if period < 2 or abs(period * scale - turn) > 1e-6 * turn:
+        raise ConfigError(
+            f"sampling.angles[{name!r}]: a turn of {turn:g} is not a whole number of raw units of "
+            f"{scale:g} (the DBC's scale)"
+        )
+    if signal.minimum is not None and signal.maximum is not None:
+        ends = [(limit - signal.offset) / signal.scale for limit in (signal.minimum, signal.maximum)]
+        return period, math.ceil(min(ends) - 1e-9)
+    return period, -(period // 2) if signal.is_signed else 0
+
+
+def _spec(message: Any, signal: Any, bound: float, turn: float, predictor: str, explicit: bool) -> SignalSpec:
+    """The coding of one signal. ``explicit``: its bound or angle was configured (not from a preset)."""
     name = f"{message.name}.{signal.name}"
     scale, offset = signal.scale, signal.offset
     # Ask cantools itself whether its conversion yields ints, so printed values match it exactly.
     integer_scaled = not signal.is_float and isinstance(signal.conversion.raw_to_scaled(1, False), int)
-    discrete = bool(signal.choices) or signal.length <= 2 or bool(_DISCRETE_NAME.search(signal.name))
-    bound = bounds.get(name, 0.0)
-    bound_raw = 0 if (discrete or signal.is_float or bound <= 0) else int(bound / abs(scale) + 1e-9)
+    if signal.is_float and (bound or turn):
+        if explicit:
+            raise ConfigError(
+                f"sampling: {name} is an IEEE float signal, which is always sent bit for bit: "
+                "remove its bound or angle (bounds and angles apply to integer signals)"
+            )
+        bound = turn = 0.0
+    bound_raw = 0 if (_is_discrete(signal) or bound <= 0) else int(bound / abs(scale) + 1e-9)
+    code = predict.Coding(predictor, *(_angle(name, signal, turn) if turn else (0, 0)))
     return SignalSpec(
-        name, float(scale), float(offset), bool(signal.is_float), integer_scaled, bound_raw, predictor
+        name, float(scale), float(offset), bool(signal.is_float), integer_scaled, bound_raw, str(code)
     )
 
 
 def build_decoder(
     buses: Iterable[tuple[str, Sequence[str | Path], str]],
     wanted: Sequence[str] = (),
-    bounds: dict[str, float] | None = None,
-    predictor: str = "hold",
+    bounds: Mapping[str, float] | None = None,
+    predictor: str = predict.DEFAULT,
+    angles: Mapping[str, float] | None = None,
+    preset: str = "none",
 ) -> Decoder:
     """Load each bus's DBCs and pick the signals; ``buses`` is (channel, dbc paths, j1939 mode).
 
     ``wanted`` lists ``MESSAGE.SIGNAL`` names in the order the schema will have; empty means every
-    signal of every DBC (a name defined on two buses is then taken from the first).
+    signal of every DBC (a name defined on two buses is then taken from the first). ``bounds`` (error
+    bounds in each signal's unit) and ``angles`` (a whole turn in each signal's unit) are the configured
+    ones: naming a signal that is not sampled, or a float signal, is a :class:`ConfigError`. ``preset``
+    names a set of :data:`agent.config.BOUNDS_PRESETS`, applied where it fits and below ``bounds`` and
+    ``angles``. ``predictor`` codes every signal (see :mod:`agent.predict`).
     """
-    bounds = bounds or {}
+    if predictor not in predict.PREDICTORS:
+        raise ConfigError(f"sampling.predictor: unknown predictor {predictor!r}")
+    if preset not in BOUNDS_PRESETS:
+        raise ConfigError(f"sampling.bounds_preset: unknown preset {preset!r}")
+    explicit_bounds, explicit_angles = dict(bounds or {}), dict(angles or {})
+    bounds = {**BOUNDS_PRESETS[preset].bounds, **explicit_bounds}
+    angles = {**BOUNDS_PRESETS[preset].angles, **explicit_angles}
     available: dict[str, tuple[str, Any, Any]] = {}  # name -> (channel, message, signal)
     modes: dict[str, str] = {}
     for channel, dbc_paths, j1939 in buses:
@@ -175,12 +222,19 @@ def build_decoder(
             for n in missing
         ]
         raise DbcError("signals not found in any DBC: " + "; ".join(hints))
+    for section, given in (("bounds", explicit_bounds), ("angles", explicit_angles)):
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise ConfigError(f"sampling.{section} names signals that are not sampled: {', '.join(unknown)}")
     specs: list[SignalSpec] = []
     exact: dict[tuple[str, int], _Target] = {}
     by_pgn: dict[tuple[str, int], _Target] = {}
     for column, name in enumerate(names):
         channel, message, signal = available[name]
-        specs.append(_spec(message, signal, bounds, predictor))
+        explicit = name in explicit_bounds or name in explicit_angles
+        specs.append(
+            _spec(message, signal, bounds.get(name, 0.0), angles.get(name, 0.0), predictor, explicit)
+        )
         use_pgn = modes[channel] == "true" or (modes[channel] == "auto" and message.protocol == "j1939")
         table, key = (by_pgn, j1939_pgn(message.frame_id)) if use_pgn else (exact, message.frame_id)
         target = table.setdefault((channel, key), _Target(message, []))

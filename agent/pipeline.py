@@ -13,6 +13,7 @@ Contract
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from agent.model import Schema
 from agent.sample import Sampler, to_micros
 from agent.source import FrameFeed
 
+HEADROOM_BYTES = 16 << 20  # free space kept on the buffer's file system (less on a tiny one)
 MAX_PENDING_CHUNKS = 3600  # an hour at one chunk a second, kept in memory while the buffer fails
 
 
@@ -106,6 +108,7 @@ class Pipeline:
                 "pending_chunks_dropped", chunks=len(lost), samples=sum(c.sample_count for c in lost)
             )
         try:
+            self._keep_headroom(buffer)
             try:
                 refused = buffer.append(schema_id, self._pending, self.cap)
             except StorageFullError as error:
@@ -125,6 +128,23 @@ class Pipeline:
         self._pending = []
         self.wake.set()
         return True
+
+    def _keep_headroom(self, buffer: Buffer) -> None:
+        """Evict before the disk is full, not after: SQLite needs free space even to delete rows.
+
+        The space the buffer may still use is the file system's free space plus the free pages inside
+        the database file; below the headroom, the oldest chunks go (counted, reported as disk_full).
+        """
+        try:
+            disk = os.statvfs(self.buffer_path.parent)
+        except OSError:
+            return
+        total = disk.f_blocks * disk.f_frsize
+        headroom = max(2 * self.reserve.size, min(HEADROOM_BYTES, total // 8))
+        incoming = sum(len(c.payload) for c in self._pending)
+        available = disk.f_bavail * disk.f_frsize + buffer.free_pages_bytes()
+        if available - 2 * incoming < headroom:
+            buffer.free_space(headroom - available + 2 * incoming, "disk_full", truncate=False)
 
     def _commit_on_full_disk(self, buffer: Buffer, schema_id: int, error: Exception) -> list[SealedChunk]:
         """The disk is full: give back the reserve and the WAL's space first; drop old data only if needed."""

@@ -21,7 +21,7 @@ from typing import NamedTuple, Protocol
 
 from agent import telemetry_pb2 as pb
 
-LIMIT = 1 << 61  # every prediction is clamped to ±LIMIT, so residuals of values within ±2^60 fit sint64
+LIMIT = 1 << 62  # predictions are clamped to ±LIMIT: residuals of values within ±2^60 fit sint64
 
 
 class Predictor(Protocol):

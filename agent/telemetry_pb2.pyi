@@ -11,6 +11,7 @@ class Compression(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     COMPRESSION_NONE: _ClassVar[Compression]
     COMPRESSION_ZLIB: _ClassVar[Compression]
+    COMPRESSION_ZSTD: _ClassVar[Compression]
 
 class BodyKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,8 +30,10 @@ class Predictor(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PREDICTOR_HOLD: _ClassVar[Predictor]
     PREDICTOR_LINEAR: _ClassVar[Predictor]
     PREDICTOR_SMOOTHING: _ClassVar[Predictor]
+    PREDICTOR_SWING: _ClassVar[Predictor]
 COMPRESSION_NONE: Compression
 COMPRESSION_ZLIB: Compression
+COMPRESSION_ZSTD: Compression
 BODY_KIND_UNSPECIFIED: BodyKind
 BODY_KIND_BATCH: BodyKind
 BODY_KIND_ACK: BodyKind
@@ -40,6 +43,7 @@ VALUE_KIND_FLOAT: ValueKind
 PREDICTOR_HOLD: Predictor
 PREDICTOR_LINEAR: Predictor
 PREDICTOR_SMOOTHING: Predictor
+PREDICTOR_SWING: Predictor
 
 class Envelope(_message.Message):
     __slots__ = ("version", "kind", "compression", "body")
@@ -54,7 +58,7 @@ class Envelope(_message.Message):
     def __init__(self, version: _Optional[int] = ..., kind: _Optional[_Union[BodyKind, str]] = ..., compression: _Optional[_Union[Compression, str]] = ..., body: _Optional[bytes] = ...) -> None: ...
 
 class SignalDef(_message.Message):
-    __slots__ = ("name", "scale", "offset", "kind", "integer_scaled", "bound_raw", "predictor")
+    __slots__ = ("name", "scale", "offset", "kind", "integer_scaled", "bound_raw", "predictor", "angle_period", "angle_low")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +66,8 @@ class SignalDef(_message.Message):
     INTEGER_SCALED_FIELD_NUMBER: _ClassVar[int]
     BOUND_RAW_FIELD_NUMBER: _ClassVar[int]
     PREDICTOR_FIELD_NUMBER: _ClassVar[int]
+    ANGLE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    ANGLE_LOW_FIELD_NUMBER: _ClassVar[int]
     name: str
     scale: float
     offset: float
@@ -69,7 +75,9 @@ class SignalDef(_message.Message):
     integer_scaled: bool
     bound_raw: int
     predictor: Predictor
-    def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., offset: _Optional[float] = ..., kind: _Optional[_Union[ValueKind, str]] = ..., integer_scaled: _Optional[bool] = ..., bound_raw: _Optional[int] = ..., predictor: _Optional[_Union[Predictor, str]] = ...) -> None: ...
+    angle_period: int
+    angle_low: int
+    def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., offset: _Optional[float] = ..., kind: _Optional[_Union[ValueKind, str]] = ..., integer_scaled: _Optional[bool] = ..., bound_raw: _Optional[int] = ..., predictor: _Optional[_Union[Predictor, str]] = ..., angle_period: _Optional[int] = ..., angle_low: _Optional[int] = ...) -> None: ...
 
 class Schema(_message.Message):
     __slots__ = ("rate_num", "rate_den", "signals")
@@ -82,30 +90,42 @@ class Schema(_message.Message):
     def __init__(self, rate_num: _Optional[int] = ..., rate_den: _Optional[int] = ..., signals: _Optional[_Iterable[_Union[SignalDef, _Mapping]]] = ...) -> None: ...
 
 class Column(_message.Message):
-    __slots__ = ("presence_runs", "residuals", "floats")
+    __slots__ = ("presence_runs", "residuals", "floats", "exact_gaps", "exact", "exact_unsigned", "signal")
     PRESENCE_RUNS_FIELD_NUMBER: _ClassVar[int]
     RESIDUALS_FIELD_NUMBER: _ClassVar[int]
     FLOATS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_GAPS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    EXACT_UNSIGNED_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
     presence_runs: _containers.RepeatedScalarFieldContainer[int]
     residuals: _containers.RepeatedScalarFieldContainer[int]
     floats: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, presence_runs: _Optional[_Iterable[int]] = ..., residuals: _Optional[_Iterable[int]] = ..., floats: _Optional[_Iterable[float]] = ...) -> None: ...
+    exact_gaps: _containers.RepeatedScalarFieldContainer[int]
+    exact: _containers.RepeatedScalarFieldContainer[int]
+    exact_unsigned: _containers.RepeatedScalarFieldContainer[int]
+    signal: int
+    def __init__(self, presence_runs: _Optional[_Iterable[int]] = ..., residuals: _Optional[_Iterable[int]] = ..., floats: _Optional[_Iterable[float]] = ..., exact_gaps: _Optional[_Iterable[int]] = ..., exact: _Optional[_Iterable[int]] = ..., exact_unsigned: _Optional[_Iterable[int]] = ..., signal: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("boot_id", "seq", "first_tick", "sample_count", "tick_dod", "columns")
+    __slots__ = ("boot_id", "seq", "first_tick", "sample_count", "tick_dod", "residuals", "residual_counts", "extras")
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     FIRST_TICK_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     TICK_DOD_FIELD_NUMBER: _ClassVar[int]
-    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    RESIDUALS_FIELD_NUMBER: _ClassVar[int]
+    RESIDUAL_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    EXTRAS_FIELD_NUMBER: _ClassVar[int]
     boot_id: bytes
     seq: int
     first_tick: int
     sample_count: int
     tick_dod: _containers.RepeatedScalarFieldContainer[int]
-    columns: _containers.RepeatedCompositeFieldContainer[Column]
-    def __init__(self, boot_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., first_tick: _Optional[int] = ..., sample_count: _Optional[int] = ..., tick_dod: _Optional[_Iterable[int]] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ...) -> None: ...
+    residuals: _containers.RepeatedScalarFieldContainer[int]
+    residual_counts: _containers.RepeatedScalarFieldContainer[int]
+    extras: _containers.RepeatedCompositeFieldContainer[Column]
+    def __init__(self, boot_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., first_tick: _Optional[int] = ..., sample_count: _Optional[int] = ..., tick_dod: _Optional[_Iterable[int]] = ..., residuals: _Optional[_Iterable[int]] = ..., residual_counts: _Optional[_Iterable[int]] = ..., extras: _Optional[_Iterable[_Union[Column, _Mapping]]] = ...) -> None: ...
 
 class ChunkRange(_message.Message):
     __slots__ = ("boot_id", "first_seq", "last_seq")
@@ -117,19 +137,39 @@ class ChunkRange(_message.Message):
     last_seq: int
     def __init__(self, boot_id: _Optional[bytes] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
+class Packed(_message.Message):
+    __slots__ = ("boot_id", "seq", "first_tick", "sample_count", "tick_dod_count", "tick_dod", "columns")
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TICK_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TICK_DOD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TICK_DOD_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    boot_id: _containers.RepeatedScalarFieldContainer[bytes]
+    seq: _containers.RepeatedScalarFieldContainer[int]
+    first_tick: _containers.RepeatedScalarFieldContainer[int]
+    sample_count: _containers.RepeatedScalarFieldContainer[int]
+    tick_dod_count: _containers.RepeatedScalarFieldContainer[int]
+    tick_dod: _containers.RepeatedScalarFieldContainer[int]
+    columns: _containers.RepeatedCompositeFieldContainer[Column]
+    def __init__(self, boot_id: _Optional[_Iterable[bytes]] = ..., seq: _Optional[_Iterable[int]] = ..., first_tick: _Optional[_Iterable[int]] = ..., sample_count: _Optional[_Iterable[int]] = ..., tick_dod_count: _Optional[_Iterable[int]] = ..., tick_dod: _Optional[_Iterable[int]] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ...) -> None: ...
+
 class Batch(_message.Message):
-    __slots__ = ("vin", "schema", "chunks", "evicted", "sent_at")
+    __slots__ = ("vin", "schema", "chunks", "evicted", "sent_at", "packed")
     VIN_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     EVICTED_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     vin: str
     schema: Schema
     chunks: _containers.RepeatedCompositeFieldContainer[Chunk]
     evicted: _containers.RepeatedCompositeFieldContainer[ChunkRange]
     sent_at: float
-    def __init__(self, vin: _Optional[str] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., evicted: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., sent_at: _Optional[float] = ...) -> None: ...
+    packed: Packed
+    def __init__(self, vin: _Optional[str] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., evicted: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., sent_at: _Optional[float] = ..., packed: _Optional[_Union[Packed, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("vin", "stored")

@@ -753,11 +753,6 @@ def test_a_flipped_bit_in_the_index_is_quarantined(damaged: Path) -> None:
     assert list(damaged.parent.glob("b.sqlite.corrupt-*")), "quick_check let a damaged index through"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the quarantine name has one-second resolution: a second quarantine within the same second"
-    " renames over the first (its evidence is lost, and a -wal of the first may pair with the second)",
-)
 def test_two_quarantines_in_one_second_keep_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(buffer_module, "time", SimpleNamespace(time=lambda: 1_700_000_000.0))
     path = tmp_path / "b.sqlite"

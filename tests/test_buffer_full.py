@@ -160,13 +160,6 @@ def test_a_full_disk_evicts_the_oldest_counts_them_and_commits_on(small_disk: Pa
     integrity_after_restart(writer.path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on a full disk every WAL cycle ends in ENOSPC and evicts a tenth of the backlog (or 4x the"
-    " commit): free_space truncates the WAL (its blocks go back to the file system, and the restored"
-    " reserve takes 1 MiB of them) while the pages freed inside the database file are of no use to the"
-    " WAL, so the backlog collapses far below what the disk holds",
-)
 @pytest.mark.parametrize("small_disk", [64], indirect=True)
 def test_a_full_disk_keeps_about_as_much_as_it_held(small_disk: Path) -> None:
     """Once the disk is full, a commit should cost about its own size in evictions, not a tenth of all."""
@@ -200,13 +193,6 @@ def test_a_disk_full_with_big_commits_recovers(small_disk: Path) -> None:
     assert results[-50:] == [True] * 50, f"{results.count(False)} commits failed, {pending} chunks pending"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLITE_FULL that makes SQLite roll the transaction back itself (here: max_page_count) reaches"
-    " the caller as a plain StorageError ('cannot rollback - no transaction is active', raised by apsw's"
-    " savepoint exit, with the FullError only as its __context__), so Pipeline.commit's disk-full path"
-    " (release the reserve, free space, retry) never runs",
-)
 def test_sqlite_full_is_a_storage_full_error() -> None:
     folder = scratch()
     try:
@@ -331,11 +317,6 @@ def test_refuse_new_with_equal_chunks_refuses_exactly_the_newest() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_make_room drops at most 10,000 chunks per append (LIMIT 10000): a cap lowered below a"
-    " larger backlog leaves the buffer over the cap after the append",
-)
 def test_a_lowered_cap_is_met_by_the_next_append() -> None:
     folder = scratch()
     try:
@@ -350,11 +331,6 @@ def test_a_lowered_cap_is_met_by_the_next_append() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refuse_new refuses a chunk that does not fit, not 'the newest': a later, smaller chunk that"
-    " fits is taken after a bigger one was refused, leaving a hole in the middle of the kept data",
-)
 def test_refuse_new_refuses_everything_after_the_first_refusal() -> None:
     folder = scratch()
     try:
@@ -370,11 +346,6 @@ def test_refuse_new_refuses_everything_after_the_first_refusal() -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Pipeline.commit adds refused chunks (refuse_new) to chunks_committed/samples_committed,"
-    " which the replay summary prints as committed",
-)
 def test_refused_chunks_are_not_counted_as_committed() -> None:
     folder = scratch()
     try:
