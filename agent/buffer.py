@@ -87,6 +87,15 @@ class Cap:
     policy: str = "drop_oldest"  # or refuse_new
 
 
+def _migrate(db: apsw.Connection) -> None:
+    """Bring a buffer written by an earlier version up to date, keeping every row (an upgrade must not
+    abandon the backlog). Columns added since the first release are added, empty."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)").fetchall()}
+    for name, declaration in (("degraded", "INTEGER NOT NULL DEFAULT 0"), ("crc", "INTEGER")):
+        if name not in columns:
+            db.execute(f"ALTER TABLE chunks ADD COLUMN {name} {declaration}")
+
+
 def _wrap(path: Path, action: str, error: Exception) -> StorageError:
     # SQLite may roll a full transaction back itself; apsw then raises about the rollback, with the
     # FullError only as the context. Look through the chain for the real cause.
@@ -145,6 +154,7 @@ class Buffer:
                 raise apsw.CorruptError("quick_check failed")
             with db:
                 db.execute(SCHEMA_SQL)
+                _migrate(db)
             if self.check:
                 for probe in PROBES:
                     try:
@@ -386,7 +396,7 @@ class Buffer:
             for row in rows:
                 cursor = row[0]
                 chunk = StoredChunk(row[0], bytes(row[1]), row[2], row[3], row[4], bytes(row[5]))
-                if zlib.crc32(chunk.payload) != row[6]:
+                if row[6] is not None and zlib.crc32(chunk.payload) != row[6]:  # NULL: written before CRCs
                     damaged.append(chunk.row_id)
                     continue
                 if out and (chunk.schema_id != out[0].schema_id or size + len(chunk.payload) > max_bytes):

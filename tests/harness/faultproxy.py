@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 Direction = Literal["up", "down"]
 Side = Literal["client", "upstream", "both"]
@@ -106,7 +106,7 @@ class ProxyStats:
     half_opened: int = 0  # connections left silent by half_open()
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: links live in a set
 class _Link:
     """One proxied connection: both sockets and the two pump tasks."""
 
@@ -243,7 +243,9 @@ class FaultProxy:
                 client, upstream = link.writers()
                 silent = [client, upstream] if side == "both" else [client if side == "client" else upstream]
                 for writer in silent:
-                    writer.transport.pause_reading()  # the kernel's window fills; nothing is read or sent
+                    cast(
+                        asyncio.Transport, writer.transport
+                    ).pause_reading()  # the kernel's window fills; nothing is read or sent
                     self._zombies.append((time.monotonic() + self.zombie_ttl_s, writer))
                 for writer in link.writers():
                     if writer not in silent:
@@ -337,7 +339,9 @@ class FaultProxy:
         ]
 
     async def _pump(self, link: _Link, direction: Direction) -> None:
-        source, sink = (link.client[0], link.upstream[1]) if direction == "up" else (link.upstream[0], link.client[1])
+        source, sink = (
+            (link.client[0], link.upstream[1]) if direction == "up" else (link.upstream[0], link.client[1])
+        )
         pending = bytearray()
         held: bytes | None = None  # a PUBLISH held back to be swapped with the next one
         held_until = 0.0
@@ -346,7 +350,9 @@ class FaultProxy:
                 await self._flowing[direction].wait()  # a stall stops the reading too
                 if held is not None:
                     try:
-                        data = await asyncio.wait_for(source.read(65536), max(0.0, held_until - time.monotonic()))
+                        data = await asyncio.wait_for(
+                            source.read(65536), max(0.0, held_until - time.monotonic())
+                        )
                     except TimeoutError:  # no second PUBLISH came in time: let the held one go alone
                         sink.write(held)
                         held = None

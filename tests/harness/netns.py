@@ -42,7 +42,7 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     for line in out.splitlines():
         fields = line.split()
         if "inet" in fields:
-            nets.append(ipaddress.ip_interface(fields[fields.index("inet") + 1]).network)
+            nets.append(ipaddress.IPv4Interface(fields[fields.index("inet") + 1]).network)
     return nets
 
 
@@ -51,7 +51,7 @@ def pick_network(seed: int) -> ipaddress.IPv4Network:
     used = _used_networks()
     for attempt in range(64):
         index = (seed + attempt * 7919) % (254 * 64)
-        candidate = ipaddress.ip_network(f"169.254.{1 + index // 64}.{(index % 64) * 4}/30")
+        candidate = ipaddress.IPv4Network(f"169.254.{1 + index // 64}.{(index % 64) * 4}/30")
         if not any(candidate.overlaps(net) for net in used):
             return candidate
     raise NetnsUnavailable("no free link-local /30 found")
