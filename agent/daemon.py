@@ -39,7 +39,8 @@ def build_schema(config: AgentConfig) -> tuple[Decoder, Schema]:
         (bus.channel, bus.dbc, "auto" if bus.j1939 is None else str(bus.j1939).lower())
         for bus in config.buses
     ]
-    decoder = build_decoder(buses, config.sampling.signals, dict(config.sampling.bounds))
+    s = config.sampling
+    decoder = build_decoder(buses, s.signals, dict(s.bounds), s.predictor, dict(s.angles), s.bounds_preset)
     rate = Fraction(str(config.sampling.rate_hz)).limit_denominator(1_000_000)
     return decoder, Schema(rate, decoder.signals)
 
@@ -90,6 +91,7 @@ class Agent:
                 upload.max_batch_bytes,
                 upload.ack_timeout_s,
                 upload.max_bytes_per_s,
+                upload.compression,
             ),
             mqtt,
             buffer.path,

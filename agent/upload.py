@@ -72,6 +72,7 @@ class UploadSettings:
     max_batch_bytes: int = 256 * 1024
     ack_timeout_s: float = 15.0
     max_bytes_per_s: float = 0.0  # 0 = no bandwidth cap
+    compression: str = "zstd"
     counters: UploadCounters = field(default_factory=UploadCounters)
 
 
@@ -236,7 +237,14 @@ class Uploader:
     ) -> bytes:
         schema = buffer.schema(chunks[0].schema_id)
         evicted = [(boot, first, last) for _, boot, first, last in notices]
-        return wire.encode_batch(self.settings.vin, schema, [c.payload for c in chunks], evicted, time.time())
+        return wire.encode_batch(
+            self.settings.vin,
+            schema,
+            [c.payload for c in chunks],
+            evicted,
+            time.time(),
+            self.settings.compression,
+        )
 
     def _send_one(self, buffer: Buffer) -> bool:
         try:

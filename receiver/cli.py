@@ -21,6 +21,7 @@ from pathlib import Path
 
 from agent import __version__, logs
 from agent.errors import EdgeError
+from receiver import accuracy
 from receiver.config import DEFAULT_RECEIVER_CONFIG, load_receiver_config
 from receiver.export import write_csv
 from receiver.store import NotFoundError, Store
@@ -108,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the receiver's YAML config file (default {DEFAULT_RECEIVER_CONFIG})",
     )
     command.set_defaults(handler=check_config)
+
+    command = sub.add_parser(
+        "accuracy", help="largest error per signal: an export beside `edge-agent sample` of the same log"
+    )
+    accuracy.add_arguments(command)
+    command.set_defaults(handler=accuracy.run)
 
     command = sub.add_parser("export", help="print a vehicle's stored samples as CSV")
     command.add_argument("--db", type=Path, required=True, metavar="PATH", help="the receiver's store")

@@ -361,3 +361,40 @@ def test_rate_bounds(rate: float) -> None:
         assert agent(text).sampling.rate_hz == float(rate)
     else:
         assert problems(text)[0].startswith("edge-agent.yaml:9: sampling.rate_hz: expected a number > 0")
+
+
+def test_bounds_presets_angles_predictor_and_compression() -> None:
+    config = agent(
+        MINIMAL
+        + "sampling:\n  bounds_preset: seeds\n  bounds: {DriveSpeed.VehicleSpeed: 1.5, X.y: 2}\n"
+        + "  angles: {X.y: 360}\n  predictor: linear\nupload: {compression: zlib}\n"
+    )
+    sampling = config.sampling
+    assert sampling.bound("DriveSpeed.VehicleSpeed") == 1.5  # the configured bound wins over the preset's
+    assert sampling.bound("BatteryPower.PackPower") == 5.0 and sampling.bound("A.B") == 0.0
+    assert sampling.angle("Navigation.Heading") == 360.0 and sampling.angle("X.y") == 360.0
+    assert sampling.bound("Navigation.Heading") == 5.0 and sampling.bound("BatteryState.StateOfCharge") == 0.5
+    assert sampling.predictor == "linear" and config.upload.compression == "zlib"
+    defaults = agent(MINIMAL)
+    assert defaults.sampling.bounds_preset == "none" and defaults.upload.compression == "zstd"
+    assert defaults.sampling.angle("Navigation.Heading") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            "sampling: {bounds_preset: seed}\n",
+            "sampling.bounds_preset: expected one of 'none', 'seeds', got 'seed'",
+        ),
+        ("sampling: {predictor: kalman}\n", "sampling.predictor: expected one of 'hold', 'linear'"),
+        ("sampling: {angles: {A.b: 0}}\n", "sampling.angles['A.b']: expected a number > 0, got 0"),
+        (
+            "sampling: {signals: [A.b], angles: {A.c: 360}}\n",
+            "sampling.angles['A.c']: signal 'A.c' is not in",
+        ),
+        ("upload: {compression: lz4}\n", "upload.compression: expected one of 'zstd', 'zlib', 'none'"),
+    ],
+)
+def test_codec_keys_are_checked(extra: str, expected: str) -> None:
+    assert any(expected in line for line in problems(MINIMAL + extra)), problems(MINIMAL + extra)
