@@ -18,9 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_generated_module_is_not_stale(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools", reason="grpcio-tools (a dev dependency) compiles the .proto")
     result = subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}", f"--python_out={tmp_path}",
-         str(ROOT / "proto" / "telemetry.proto")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'proto'}",
+            f"--python_out={tmp_path}",
+            str(ROOT / "proto" / "telemetry.proto"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     # Compare the descriptors, not the text: a newer protoc writes another version header for the same schema.
