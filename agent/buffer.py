@@ -367,6 +367,20 @@ class Buffer:
         )
         return [(r[0], bytes(r[1]), r[2], r[3]) for r in rows]
 
+    def clear_noted(self, ranges: Iterable[tuple[bytes, int, int]]) -> None:
+        """A receiver's ack says these eviction ranges are in its gap ledger: forget them."""
+        try:
+            with self.db:
+                self.db.executemany(
+                    "DELETE FROM evictions WHERE boot_id = ? AND first_seq = ? AND last_seq = ?", list(ranges)
+                )
+        except apsw.Error as error:
+            raise _wrap(self.path, "clear eviction notices", error) from error
+
+    def latest_schema_id(self) -> int | None:
+        rows = self._run("read schema", "SELECT max(id) FROM schemas")
+        return None if not rows or rows[0][0] is None else int(rows[0][0])
+
     def clear_notices(self, ids: Iterable[int]) -> None:
         """The receiver stored a batch that carried these notices: they are in its gap ledger now."""
         try:

@@ -198,12 +198,15 @@ class Agent:
                     break  # the pipeline ended without its final commit: report what is left
                 continue
             deadline = deadline or time.monotonic() + drain_timeout_s
-            if self.buffer.stats().chunks == 0 or time.monotonic() > deadline:
+            if (
+                self.buffer.stats().chunks == 0 and not self.buffer.notices(1)
+            ) or time.monotonic() > deadline:
                 break
         self.shutdown()
         backlog = self.buffer.stats()
+        notices_left = bool(self.buffer.notices(1))
         self.buffer.close()
-        complete = self.pipeline.finished.is_set() and backlog.chunks == 0
+        complete = self.pipeline.finished.is_set() and backlog.chunks == 0 and not notices_left
         return RunResult(complete, backlog, self.pipeline.samples_committed)
 
     def heartbeats(self) -> dict[str, float | None]:

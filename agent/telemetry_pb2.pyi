@@ -172,12 +172,14 @@ class Batch(_message.Message):
     def __init__(self, vin: _Optional[str] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., evicted: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., sent_at: _Optional[float] = ..., packed: _Optional[_Union[Packed, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("vin", "stored")
+    __slots__ = ("vin", "stored", "noted")
     VIN_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
+    NOTED_FIELD_NUMBER: _ClassVar[int]
     vin: str
     stored: _containers.RepeatedCompositeFieldContainer[ChunkRange]
-    def __init__(self, vin: _Optional[str] = ..., stored: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ...) -> None: ...
+    noted: _containers.RepeatedCompositeFieldContainer[ChunkRange]
+    def __init__(self, vin: _Optional[str] = ..., stored: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., noted: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ...) -> None: ...
 
 class Status(_message.Message):
     __slots__ = ("vin", "state", "backlog_chunks", "backlog_samples", "backlog_bytes", "oldest_age_s", "last_ack_at", "dropped_chunks", "agent_version", "updated_at")

@@ -195,7 +195,7 @@ class Uploader:
         done = [key for key, batch in self._inflight.items() if batch.ids <= acked]
         try:
             deleted = buffer.delete(ranges)
-            buffer.clear_notices(n for key in done for n in self._inflight[key].notices)
+            buffer.clear_noted(wire.ack_noted(payload))
         except StorageError as error:
             self.log.error("ack_not_applied", reason=str(error))
             return
@@ -256,7 +256,7 @@ class Uploader:
         if not chunks:
             if self.state is State.DRAINING and not self._inflight:
                 self._transition(State.ONLINE, "backlog sent", buffer)
-            return False
+            return self._send_notices_alone(buffer)
         payload = self._encode(buffer, chunks, notices)
         while self._packet_limit and len(payload) > self._packet_limit * 0.9 and len(chunks) > 1:
             chunks = chunks[: len(chunks) // 2]  # the broker would refuse it: send fewer chunks
@@ -283,6 +283,28 @@ class Uploader:
         ) > (DRAIN_THRESHOLD_CHUNKS):
             self._transition(State.DRAINING, "backlog found", buffer)
         return True
+
+    def _send_notices_alone(self, buffer: Buffer) -> bool:
+        """Eviction notices left over with no chunk to ride along (say, the last commit was refused)."""
+        if self._inflight:
+            return False
+        try:
+            notices, schema_id = buffer.notices(), buffer.latest_schema_id()
+        except StorageError as error:
+            self.log.error("buffer_read_failed", reason=str(error))
+            return False
+        if not notices or schema_id is None:
+            return False
+        evicted = [(boot, first, last) for _, boot, first, last in notices]
+        payload = wire.encode_batch(
+            self.settings.vin, buffer.schema(schema_id), [], evicted, time.time(), self.settings.compression
+        )
+        if self.client.publish(self.telemetry_topic, payload, qos=1).rc != paho.MQTT_ERR_SUCCESS:
+            return False
+        self._inflight[-1] = _InFlight(set(), 0, [n[0] for n in notices], time.monotonic())
+        self.counters.batches_sent += 1
+        self.counters.bytes_sent += len(payload)
+        return False
 
     def _transition(self, new: State, reason: str, buffer: Buffer) -> None:
         if new is self.state:

@@ -268,11 +268,20 @@ def chunk_ranges(ids: Iterable[ChunkId]) -> list[tuple[bytes, int, int]]:
     return ranges
 
 
-def encode_ack(vin: str, ids: Iterable[ChunkId]) -> bytes:
+def encode_ack(vin: str, ids: Iterable[ChunkId], noted: Iterable[tuple[bytes, int, int]] = ()) -> bytes:
     ack = pb.Ack(vin=vin)
     for boot_id, first, last in chunk_ranges(ids):
         ack.stored.add(boot_id=boot_id, first_seq=first, last_seq=last)
+    for boot_id, first, last in noted:
+        ack.noted.add(boot_id=boot_id, first_seq=first, last_seq=last)
     return _envelope(pb.BODY_KIND_ACK, ack.SerializeToString(), compress=False)
+
+
+def ack_noted(payload: bytes) -> list[tuple[bytes, int, int]]:
+    """The eviction ranges an ack says are in the receiver's gap ledger."""
+    message = _parse(pb.Ack, _open_envelope(payload, pb.BODY_KIND_ACK), "ack")
+    assert isinstance(message, pb.Ack)
+    return [(bytes(r.boot_id), r.first_seq, r.last_seq) for r in message.noted]
 
 
 def decode_ack(payload: bytes) -> tuple[str, list[tuple[bytes, int, int]]]:

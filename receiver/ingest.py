@@ -238,4 +238,4 @@ class Receiver:
         self.log.debug(
             "batch_stored", vin=vin, new=result.new, duplicates=result.duplicates, samples=result.samples
         )
-        return vin, wire.encode_ack(vin, result.stored)
+        return vin, wire.encode_ack(vin, result.stored, batch.evicted)

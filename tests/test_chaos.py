@@ -995,12 +995,6 @@ def offline_uploader(tmp_path: Path, max_batch_bytes: int) -> tuple[Uploader, li
     return uploader, sent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Uploader._handle_ack clears the eviction notices of any in-flight batch whose chunks the ack "
-    "covers, but an ack names chunks, not deliveries: a late ack for an earlier batch of the same chunks "
-    "clears notices that no receiver stored, so evicted chunks end up in no gap ledger",
-)
 def test_a_late_ack_for_another_batch_does_not_clear_eviction_notices(tmp_path: Path) -> None:
     buffer = Buffer(tmp_path / "buffer.sqlite")
     sid = buffer.schema_id(BUFFER_SCHEMA)
@@ -1025,12 +1019,6 @@ def test_a_late_ack_for_another_batch_does_not_clear_eviction_notices(tmp_path: 
     assert buffer.notices(), "... and the agent forgot it: seqs 0-1 are gone with no gap recorded"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: eviction notices only ride along with chunks; once the buffer is empty (e.g. the last "
-    "commit refused by refuse_new, every other chunk acked) they are never sent, and `edge-agent replay` "
-    "reports complete (it checks only that no chunk is left) with the notices still pending",
-)
 def test_eviction_notices_are_sent_even_when_no_chunk_is_left(tmp_path: Path) -> None:
     buffer = Buffer(tmp_path / "buffer.sqlite")
     sid = buffer.schema_id(BUFFER_SCHEMA)
