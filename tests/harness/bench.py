@@ -613,10 +613,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tests.harness.bench_buffer import buffer_rows  # it imports this module: not at the top
 
     rows += buffer_rows(progress=progress)
-    seconds = time.monotonic() - STARTED
-    print_table(rows, [machine(), f"bench took {seconds:.0f} s; ratio = how many times better ours is"])
+    print_table(rows, [machine(), "ratio = how many times better ours is"])
+    from tests.harness.bench_codec import codec_rows
+    from tests.harness.bench_receiver import receiver_rows
+
+    progress("codec: bytes per sample and time per sample on every drive and the real recordings")
+    print_plain("codec (baseline: one protobuf message per sample; for errors: the bound ε)", codec_rows())
+    progress("receiver store: one hour of batches, in-process")
+    print_plain("receiver store", [(m, v, None, u, n) for m, v, u, n in receiver_rows(progress=progress)])
+    print(f"\nbench took {time.monotonic() - STARTED:.0f} s")
     progress("done")
     return 0
+
+
+def print_plain(title: str, rows: Sequence[tuple[str, float, float | None, str, str]]) -> None:
+    """A second table for measures with no naive twin (or with a bound as their baseline)."""
+    print(f"\n{title}")
+    width = max(len(f"{measure} ({unit})") for measure, _, _, unit, _ in rows)
+    for measure, value, baseline, unit, note in rows:
+        base = "" if baseline is None else f"  | {baseline:>12,.3f}"
+        print(f"{f'{measure} ({unit})':<{width}}  {value:>12,.3f}{base}  {note[:90]}")
 
 
 if __name__ == "__main__":
