@@ -187,7 +187,6 @@ class BufferConfig:
     max_bytes: int = 0  # 0 = no cap
     max_age_s: float = 0.0  # 0 = no age limit
     full_policy: Literal["drop_oldest", "refuse_new"] = "drop_oldest"
-    degrade: bool = True  # coarsen the oldest lossy chunks before dropping anything
 
 
 @dataclass(frozen=True)
@@ -287,7 +286,6 @@ AGENT_SCHEMA = Section(
                 "max_bytes": Integer(min=0),
                 "max_age_s": Float(min=0),
                 "full_policy": Choice("drop_oldest", "refuse_new"),
-                "degrade": Boolean(),
             },
         ),
         "mqtt": Section(MqttConfig, MQTT_FIELDS, MQTT_CHECKS),

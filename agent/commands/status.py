@@ -75,6 +75,5 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"dropped:        {report.dropped_chunks} chunks ({report.dropped_samples} samples) by the buffer cap"
     )
-    print(f"degraded:       {report.degraded_chunks} chunks re-encoded with a coarser bound")
     print(f"buffer:         {config.buffer.path}")
     return 0
