@@ -201,7 +201,15 @@ class BufferMachine(RuleBasedStateMachine):
             self.evict([i for i in self.live if i.created < now - max_age], "age")
         incoming = sum(len(i.payload) for i in new)
         excess = self.payload_total() + incoming - max_bytes
-        refused_expected = max_bytes > 0 and excess > 0 and policy == "refuse_new"
+        refused_expected = False
+        if max_bytes > 0 and policy == "refuse_new":  # sticky: refuse until acks drain to half the cap
+            backlog = self.payload_total()
+            if getattr(self, "refusing", False) and backlog > max_bytes / 2:
+                refused_expected = True
+            elif backlog + incoming > max_bytes:
+                refused_expected = self.refusing = True
+            else:
+                self.refusing = False
         if max_bytes > 0 and excess > 0 and policy == "drop_oldest":
             victims, freed = [], 0
             for item in self.live:
