@@ -25,7 +25,11 @@ setup: debs $(STAMP)
 demo: setup
 	$(PY) -m tests.harness.demo
 
+# The package's install test needs these on top (a clean Debian root, lintian, man pages).
+TEST_DEBS := debootstrap lintian help2man binutils
+
 test: setup
+	@sh packaging/bootstrap.sh $(TEST_DEBS)
 	$(PY) -m pytest -q
 
 soak: setup
