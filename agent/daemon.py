@@ -152,22 +152,9 @@ class Agent:
 
     def report(self) -> StatusReport:
         stats = self.buffer.stats()
-        now = time.time()
-        return StatusReport(
-            vin=self.config.vin,
-            state=self.uploader.state.value,
-            backlog_chunks=stats.chunks,
-            backlog_samples=stats.samples,
-            backlog_bytes=stats.payload_bytes,
-            oldest_age_s=None if stats.oldest_created is None else now - stats.oldest_created,
-            last_ack_at=stats.last_ack_at,
-            dropped_chunks=stats.dropped_chunks,
-            dropped_samples=stats.dropped_samples,
-            degraded_chunks=stats.degraded_chunks,
-            drain_eta_s=self.uploader.drain_rate.eta(stats.samples, time.monotonic()),
-            pid=os.getpid(),
-            boot_id=self.boot_id.hex(),
-            updated_at=now,
+        eta = self.uploader.drain_rate.eta(stats.samples, time.monotonic())
+        return StatusReport.from_stats(
+            self.config.vin, self.uploader.state.value, stats, eta, os.getpid(), self.boot_id.hex()
         )
 
     def publish_status(self) -> StatusReport:

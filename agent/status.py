@@ -14,6 +14,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from agent import telemetry_pb2 as pb
 
@@ -36,6 +37,29 @@ class StatusReport:
     pid: int
     boot_id: str
     updated_at: float
+
+    @classmethod
+    def from_stats(
+        cls, vin: str, state: str, stats: Any, eta: float | None = None, pid: int = 0, boot_id: str = ""
+    ) -> StatusReport:
+        """A report from the buffer's running totals (``agent.buffer.BufferStats``)."""
+        now = time.time()
+        return cls(
+            vin=vin,
+            state=state,
+            backlog_chunks=stats.chunks,
+            backlog_samples=stats.samples,
+            backlog_bytes=stats.payload_bytes,
+            oldest_age_s=None if stats.oldest_created is None else now - stats.oldest_created,
+            last_ack_at=stats.last_ack_at,
+            dropped_chunks=stats.dropped_chunks,
+            dropped_samples=stats.dropped_samples,
+            degraded_chunks=stats.degraded_chunks,
+            drain_eta_s=eta,
+            pid=pid,
+            boot_id=boot_id,
+            updated_at=now,
+        )
 
     def line(self) -> str:
         """One line, as `systemctl status` shows it."""

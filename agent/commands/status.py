@@ -34,23 +34,7 @@ def from_buffer(config_vin: str, path: Path) -> StatusReport:
         stats = buffer.stats()
     finally:
         buffer.close()
-    now = time.time()
-    return StatusReport(
-        vin=config_vin,
-        state="STOPPED",
-        backlog_chunks=stats.chunks,
-        backlog_samples=stats.samples,
-        backlog_bytes=stats.payload_bytes,
-        oldest_age_s=None if stats.oldest_created is None else now - stats.oldest_created,
-        last_ack_at=stats.last_ack_at,
-        dropped_chunks=stats.dropped_chunks,
-        dropped_samples=stats.dropped_samples,
-        degraded_chunks=stats.degraded_chunks,
-        drain_eta_s=None,
-        pid=0,
-        boot_id="",
-        updated_at=now,
-    )
+    return StatusReport.from_stats(config_vin, "STOPPED", stats)
 
 
 def run(args: argparse.Namespace) -> int:
