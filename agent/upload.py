@@ -59,7 +59,6 @@ class UploadCounters:
 class _InFlight:
     ids: set[ChunkId]
     samples: int
-    notices: list[int]
     sent_at: float
 
 
@@ -272,7 +271,6 @@ class Uploader:
         self._inflight[self._cursor] = _InFlight(
             {ChunkId(c.boot_id, c.seq) for c in chunks},
             sum(c.sample_count for c in chunks),
-            [n[0] for n in notices],
             time.monotonic(),
         )
         self.counters.batches_sent += 1
@@ -301,7 +299,7 @@ class Uploader:
         )
         if self.client.publish(self.telemetry_topic, payload, qos=1).rc != paho.MQTT_ERR_SUCCESS:
             return False
-        self._inflight[-1] = _InFlight(set(), 0, [n[0] for n in notices], time.monotonic())
+        self._inflight[-1] = _InFlight(set(), 0, time.monotonic())
         self.counters.batches_sent += 1
         self.counters.bytes_sent += len(payload)
         return False

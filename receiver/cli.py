@@ -85,29 +85,27 @@ def stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_RECEIVER_CONFIG,
+        metavar="FILE",
+        help=f"the receiver's YAML config file (default {DEFAULT_RECEIVER_CONFIG})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-receiver", description="Cloud receiver of edge telemetry.")
     parser.add_argument("--version", action="version", version=f"edge-receiver {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     command = sub.add_parser("run", help="receive batches over MQTT, store them, ack them")
-    command.add_argument(
-        "--config",
-        type=Path,
-        default=DEFAULT_RECEIVER_CONFIG,
-        metavar="FILE",
-        help=f"the receiver's YAML config file (default {DEFAULT_RECEIVER_CONFIG})",
-    )
+    _config_argument(command)
     command.set_defaults(handler=run)
 
     command = sub.add_parser("check-config", help="validate the configuration file and exit")
-    command.add_argument(
-        "--config",
-        type=Path,
-        default=DEFAULT_RECEIVER_CONFIG,
-        metavar="FILE",
-        help=f"the receiver's YAML config file (default {DEFAULT_RECEIVER_CONFIG})",
-    )
+    _config_argument(command)
     command.set_defaults(handler=check_config)
 
     command = sub.add_parser(

@@ -67,18 +67,8 @@ from tests.harness.faultproxy import FaultProxy, split_packets
 from tests.harness.netns import NetNs, NetnsUnavailable, netns_or_skip
 from tests.test_buffer import SCHEMA as BUFFER_SCHEMA
 from tests.test_buffer import sealed
+from tests.test_e2e import DBC, ROOT, SIGNALS  # one drive set-up for both end-to-end suites
 
-ROOT = Path(__file__).resolve().parent.parent
-DBC = ROOT / "dbc" / "reference_ev.dbc"
-SIGNALS = [
-    "DriveSpeed.VehicleSpeed",
-    "MotorStatus.MotorRPM",
-    "Gear.Gear",
-    "BatteryState.StateOfCharge",
-    "CellStats.CellVoltageMin",
-    "CellStats.CellTempMax",
-    "Thermal.CoolantTemp",
-]
 SOAK = os.environ.get("EDGE_SOAK") == "1"
 SEED = int(os.environ.get("EDGE_CHAOS_SEED") or random.SystemRandom().randrange(1, 2**31))
 FAULTS = int(os.environ.get("EDGE_CHAOS_FAULTS") or (300 if SOAK else 36))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import wire
 from agent.buffer import Buffer
+from agent.chunk import Chunker, SealedChunk
 from agent.config import MqttConfig
 from agent.model import ChunkId
 from agent.upload import State, Uploader, UploadSettings
@@ -27,6 +29,7 @@ class FakeReceiver:
 
     def __init__(self, broker: Broker, policy: Callable[[int], bool] = lambda n: True) -> None:
         self.batches: list[wire.DecodedBatch] = []
+        self.sizes: list[int] = []
         self.policy = policy
         self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
         self.client.on_message = self._on_message
@@ -37,6 +40,7 @@ class FakeReceiver:
     def _on_message(self, client: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
         batch = wire.decode_batch(message.payload)
         self.batches.append(batch)
+        self.sizes.append(len(message.payload))
         if self.policy(len(self.batches)):
             client.publish(f"fleet/{VIN}/ack", wire.encode_ack(VIN, [c.id for c in batch.chunks]), qos=1)
 
@@ -156,3 +160,61 @@ def test_an_ack_for_another_vin_or_garbage_deletes_nothing(broker: Broker, fille
         uploader.stop()
         client.disconnect()
         client.loop_stop()
+
+
+def noisy(boot: bytes, count: int) -> list[SealedChunk]:
+    """Chunks of random values: they do not compress away, so batch sizes are real."""
+    rng = random.Random(7)
+    chunker = Chunker(SCHEMA, boot, max_samples=10)
+    for tick in range(count * 10):
+        chunker.add(tick, [rng.randrange(1 << 40) for _ in SCHEMA.signals])
+    return chunker.take()
+
+
+def test_batches_stay_under_the_brokers_maximum_packet_size(tmp_path: Path) -> None:
+    broker = Broker(extra_config="max_packet_size 1500")  # announced to MQTT v5 clients in CONNACK
+    broker.start()
+    path = tmp_path / "buffer.sqlite"
+    buffer = Buffer(path)
+    buffer.append(buffer.schema_id(SCHEMA), noisy(b"P" * 16, 300))
+    buffer.close()
+    peer = FakeReceiver(broker)
+    uploader, _ = start_uploader(broker, path, max_batch_bytes=1 << 20)
+    try:
+        wait_for(lambda: backlog(path) == 0, timeout=30)
+        assert len(peer.batches) > 1 and max(peer.sizes) <= 1500
+        assert {c.seq for b in peer.batches for c in b.chunks} == set(range(300))
+    finally:
+        uploader.stop()
+        peer.close()
+        broker.close()
+
+
+def test_the_bandwidth_cap_spaces_out_batches(broker: Broker, tmp_path: Path) -> None:
+    path = tmp_path / "buffer.sqlite"
+    buffer = Buffer(path)
+    buffer.append(buffer.schema_id(SCHEMA), noisy(b"R" * 16, 40))
+    buffer.close()
+    peer = FakeReceiver(broker)
+    started = time.monotonic()
+    uploader, _ = start_uploader(broker, path, max_batch_bytes=300, max_bytes_per_s=600)
+    try:
+        wait_for(lambda: backlog(path) == 0, timeout=60)
+        elapsed = time.monotonic() - started
+        sent = uploader.counters.bytes_sent
+        assert sent > 1200 and elapsed >= (sent - 600) / 600 * 0.8  # one second of burst, then the cap
+    finally:
+        uploader.stop()
+        peer.close()
+
+
+def test_drain_estimate_follows_the_ack_rate() -> None:
+    from agent.status import DrainRate
+
+    rate = DrainRate(window_s=10)
+    assert rate.eta(500, 0.0) is None  # nothing acked yet: no estimate rather than a guess
+    for second in range(5):
+        rate.add(100, float(second))
+    assert rate.eta(0, 5.0) == 0.0
+    eta = rate.eta(1000, 5.0)
+    assert eta is not None and 9.0 <= eta <= 11.0  # ~100 samples/s acked
