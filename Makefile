@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# libsystemd-dev and pkg-config build systemd-python (the `systemd` extra: agent.logs's journald sender).
+# libsystemd-dev and pkg-config build systemd-python (the `systemd` extra: agent.service.logs's journald sender).
 DEBS := mosquitto python3-venv libsystemd-dev pkg-config
 STAMP := $(VENV)/.installed-stamp
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -m pip install -q -e '.[dev]'
-	@$(PY) -m pip install -q -e '.[systemd]' || echo "note: systemd-python did not build; journald logging uses agent.logs's own native-protocol sender"
+	@$(PY) -m pip install -q -e '.[systemd]' || echo "note: systemd-python did not build; journald logging uses agent.service.logs's own native-protocol sender"
 	@touch $(STAMP)
 
 setup: debs $(STAMP)
@@ -58,7 +58,7 @@ deb:
 
 # Rebuild the generated protobuf module from proto/telemetry.proto.
 proto: setup
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=agent --pyi_out=agent proto/telemetry.proto
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=agent/wire --pyi_out=agent/wire proto/telemetry.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

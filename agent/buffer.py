@@ -27,8 +27,8 @@ import apsw
 from agent import wire
 from agent.chunk import SealedChunk
 from agent.errors import StorageCorruptError, StorageError, StorageFullError
-from agent.logs import get_logger
-from agent.model import ChunkId, Schema
+from agent.service.logs import get_logger
+from agent.wire.values import ChunkId, Schema
 
 log = get_logger("agent.buffer")
 

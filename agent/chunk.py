@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from agent import wire
-from agent.model import ChunkData, ChunkId, RawValue, Schema
+from agent.wire.values import ChunkData, ChunkId, RawValue, Schema
 
 
 def new_boot_id() -> bytes:

@@ -13,14 +13,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
-from agent import predict
-from agent.errors import ConfigError
-from agent.settings import (
+from agent.service.logs import LOGGING_SECTION, LoggingConfig
+from agent.service.mqtt import MQTT_CHECKS, MQTT_FIELDS, MqttConfig
+from agent.service.schema import (
     Alias,
     Boolean,
-    Check,
     Choice,
     FilePath,
     Float,
@@ -31,76 +30,15 @@ from agent.settings import (
     Section,
     SectionView,
     String,
-    Value,
     child,
     load_document,
     parse_document,
     suggest,
 )
+from agent.wire import predictors as predict
 
 DEFAULT_AGENT_CONFIG = Path("/etc/edge-agent/config.yaml")
 LOG_SUFFIXES = tuple(s + gz for s in (".log", ".asc", ".blf", ".csv", ".trc", ".mf4") for gz in ("", ".gz"))
-TOPIC_WORD = r"[^+#/\s\x00]+"  # one MQTT topic level without wildcards
-
-
-@dataclass(frozen=True)
-class MqttConfig:
-    """The broker connection (shared by agent and receiver). ``client_id`` is filled in by the root."""
-
-    host: str = "localhost"
-    port: int = 1883
-    prefix: str = "fleet"
-    client_id: str | None = None
-    keepalive_s: int = 30
-    username: str | None = None
-    password_file: Path | None = None
-    tls: bool = False
-    ca_file: Path | None = None
-
-    def password(self) -> str | None:
-        """The password read from ``password_file`` (trailing newline stripped), or ``None``."""
-        if self.password_file is None:
-            return None
-        try:
-            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"mqtt.password_file: cannot read {self.password_file}: {error}") from error
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "console", "json", "journal"] = "auto"
-
-
-def check_mqtt(mqtt: MqttConfig, view: SectionView) -> None:
-    if mqtt.ca_file is not None and not mqtt.tls:
-        view.error("ca_file", "is set but tls is false (set tls: true or remove ca_file)")
-    if mqtt.password_file is not None and mqtt.username is None:
-        view.error("password_file", "is set without a username (MQTT sends a password only with one)")
-
-
-MQTT_FIELDS: dict[str, Value[Any]] = {
-    "host": String(),
-    "port": Integer(min=1, max=65535),
-    "prefix": String(
-        pattern=f"{TOPIC_WORD}(/{TOPIC_WORD})*", rule="topic levels without '+', '#' or an edge '/'"
-    ),
-    "client_id": Nullable(String()),
-    "keepalive_s": Integer(min=0, max=65535),
-    "username": Nullable(String()),
-    "password_file": Nullable(FilePath(must_exist=True)),
-    "tls": Boolean(),
-    "ca_file": Nullable(FilePath(must_exist=True)),
-}
-MQTT_CHECKS: tuple[Check[MqttConfig], ...] = (check_mqtt,)
-LOGGING_SECTION = Section(
-    LoggingConfig,
-    {
-        "level": Choice("debug", "info", "warning", "error"),
-        "format": Choice("auto", "console", "json", "journal"),
-    },
-)
 
 
 @dataclass(frozen=True)
@@ -161,7 +99,7 @@ class SamplingConfig:
     ``signals`` empty = every signal of every DBC. ``bounds`` maps ``MESSAGE.SIGNAL`` to an error bound
     in the signal's unit (0 = lossless); ``angles`` maps it to a whole turn (360 for degrees), so that its
     values wrap. ``bounds_preset`` names a :data:`BOUNDS_PRESETS` entry applied beneath them, to the
-    signals it names that are sampled. ``predictor`` codes every signal (:mod:`agent.predict`).
+    signals it names that are sampled. ``predictor`` codes every signal (:mod:`agent.wire.predictors`).
     """
 
     rate_hz: float = 50.0

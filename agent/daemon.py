@@ -24,12 +24,12 @@ from agent.buffer import Buffer, BufferStats, Cap
 from agent.chunk import new_boot_id
 from agent.config import AgentConfig
 from agent.decode import Decoder, build_decoder
-from agent.logs import get_logger
-from agent.model import Schema
 from agent.pipeline import Pipeline
+from agent.service.logs import get_logger
+from agent.service.supervise import Supervisor
 from agent.status import StatusReport, status_path, write_status_file
-from agent.supervise import Supervisor
 from agent.upload import Uploader, UploadSettings
+from agent.wire.values import Schema
 
 STATUS_EVERY_S = 1.0
 

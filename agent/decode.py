@@ -27,11 +27,11 @@ import can
 import cantools
 from cantools.database.errors import Error as CantoolsError
 
-from agent import predict
 from agent.config import BOUNDS_PRESETS
 from agent.errors import ConfigError, DbcError
-from agent.logs import get_logger
-from agent.model import SignalSpec
+from agent.service.logs import get_logger
+from agent.wire import predictors as predict
+from agent.wire.values import SignalSpec
 
 log = get_logger("agent.decode")
 
@@ -187,7 +187,7 @@ def build_decoder(
     bounds in each signal's unit) and ``angles`` (a whole turn in each signal's unit) are the configured
     ones: naming a signal that is not sampled, or a float signal, is a :class:`ConfigError`. ``preset``
     names a set of :data:`agent.config.BOUNDS_PRESETS`, applied where it fits and below ``bounds`` and
-    ``angles``. ``predictor`` codes every signal (see :mod:`agent.predict`).
+    ``angles``. ``predictor`` codes every signal (see :mod:`agent.wire.predictors`).
     """
     if predictor not in predict.PREDICTORS:
         raise ConfigError(f"sampling.predictor: unknown predictor {predictor!r}")

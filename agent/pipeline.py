@@ -22,10 +22,10 @@ from agent.buffer import Buffer, Cap, DiskReserve
 from agent.chunk import Chunker, SealedChunk
 from agent.decode import Decoder
 from agent.errors import StorageError, StorageFullError
-from agent.logs import get_logger
-from agent.model import Schema
 from agent.sample import Sampler, to_micros
+from agent.service.logs import get_logger
 from agent.source import FrameFeed
+from agent.wire.values import Schema
 
 HEADROOM_BYTES = 16 << 20  # free space kept on the buffer's file system (less on a tiny one)
 MAX_PENDING_CHUNKS = 3600  # an hour at one chunk a second, kept in memory while the buffer fails

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from fractions import Fraction
 
-from agent.model import RawValue
+from agent.wire.values import RawValue
 
 Emit = Callable[[int, list[RawValue | None]], None]
 

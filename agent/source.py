@@ -26,7 +26,7 @@ from typing import Any
 import can
 
 from agent.errors import LogFormatError, SourceError
-from agent.logs import get_logger
+from agent.service.logs import get_logger
 
 log = get_logger("agent.source")
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import telemetry_pb2 as pb
+from agent.wire import telemetry_pb2 as pb
 
 STALE_AFTER_S = 10.0  # a status file older than this is from a daemon that is gone
 

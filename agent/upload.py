@@ -28,12 +28,13 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from agent import mqtt, wire
+from agent import wire
 from agent.buffer import Buffer, StoredChunk
 from agent.errors import StorageError, WireError
-from agent.logs import get_logger
-from agent.model import ChunkId
+from agent.service import mqtt
+from agent.service.logs import get_logger
 from agent.status import DrainRate
+from agent.wire.values import ChunkId
 
 DRAIN_THRESHOLD_CHUNKS = 5  # more unsent chunks than this after a batch means we are draining
 

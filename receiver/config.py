@@ -12,8 +12,9 @@ import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from agent.config import LOGGING_SECTION, MQTT_CHECKS, MQTT_FIELDS, TOPIC_WORD, LoggingConfig, MqttConfig
-from agent.settings import FilePath, Section, String, load_document, parse_document
+from agent.service.logs import LOGGING_SECTION, LoggingConfig
+from agent.service.mqtt import MQTT_CHECKS, MQTT_FIELDS, TOPIC_WORD, MqttConfig
+from agent.service.schema import FilePath, Section, String, load_document, parse_document
 
 DEFAULT_RECEIVER_CONFIG = Path("/etc/edge-receiver/config.yaml")
 

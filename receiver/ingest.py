@@ -31,10 +31,11 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from agent import mqtt, wire
+from agent import wire
 from agent.errors import StorageError, WireError
-from agent.logs import get_logger
-from agent.supervise import Supervisor
+from agent.service import mqtt
+from agent.service.logs import get_logger
+from agent.service.supervise import Supervisor
 from receiver.config import ReceiverConfig
 from receiver.store import RateConflictError, Store
 

@@ -10,7 +10,7 @@ Contract
 - ``store_batch`` is idempotent per chunk: a chunk whose (vin, boot_id, seq) is already stored adds nothing,
   so a batch delivered twice, or a chunk re-sent in another batch after an agent crash, is a no-op (and
   is still reported as stored: it may be acked again).
-- Columnar (layout: :mod:`receiver.columns`): a chunk is one ``chunks`` row (its ticks) plus one
+- Columnar (layout: :mod:`receiver.table`): a chunk is one ``chunks`` row (its ticks) plus one
   ``chunk_columns`` row per signal with a value in it, holding the chunk's physical values of that signal
   (``SignalSpec.to_physical``: ints for integer-scaled signals, floats otherwise, NaN, ``-0.0`` and ints
   past 64 bits included) and a presence bitmap. Chunks are indexed by (vin, first_tick) and
@@ -42,10 +42,10 @@ from typing import Any
 import apsw
 
 from agent.errors import EdgeError, StorageCorruptError, StorageError, StorageFullError, WireError
-from agent.model import ChunkData, ChunkId, PhysicalValue, RawValue
 from agent.wire import DecodedBatch
-from receiver import columns
-from receiver.export import VinStats, group_chunks, merge_chunks, summarize
+from agent.wire.values import ChunkData, ChunkId, PhysicalValue, RawValue
+from receiver import table as columns
+from receiver.timeline import VinStats, group_chunks, merge_chunks, summarize
 
 
 class RateConflictError(EdgeError):

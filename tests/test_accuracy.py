@@ -11,9 +11,10 @@ import pytest
 
 from agent import wire
 from agent.errors import ConfigError
-from agent.model import Schema
+from agent.wire.values import Schema
 from receiver import accuracy
-from receiver.export import write_csv
+from receiver.commands import accuracy as accuracy_command
+from receiver.timeline import write_csv
 
 TRUTH = """timestamp,A.speed,N.heading,F.flag
 1.000000,10.0,359.5,0
@@ -113,7 +114,9 @@ def test_a_drive_through_the_codec_at_the_seeds_bounds(tmp_path: Path) -> None:
     )
     out = io.StringIO()
     with redirect_stdout(out):
-        code = accuracy.run(argparse.Namespace(truth=truth, export=export, config=config, bound=[], angle=[]))
+        code = accuracy_command.run(
+            argparse.Namespace(truth=truth, export=export, config=config, bound=[], angle=[])
+        )
     assert code == 0, out.getvalue()
     report = accuracy.compare(truth.open(), export.open(), *accuracy.bounds_from_config(config, schema.names))
     errors = {s.name: (s.max_error, s.bound) for s in report.signals if s.max_error}

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from agent.decode import build_decoder
-from agent.model import PhysicalValue
 from agent.sample import Sampler, to_micros
 from agent.sim import simulate, write_log
 from agent.source import read_log
+from agent.wire.values import PhysicalValue
 from tests.harness import bench, naive
 from tests.harness.broker import Broker
 

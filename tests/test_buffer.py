@@ -13,7 +13,7 @@ import pytest
 from agent.buffer import Buffer
 from agent.chunk import Chunker, SealedChunk
 from agent.errors import StorageError
-from agent.model import ChunkId, Schema, SignalSpec
+from agent.wire.values import ChunkId, Schema, SignalSpec
 
 SCHEMA = Schema(Fraction(50), (SignalSpec("M.a"), SignalSpec("M.b", 0.1, 0.0, False, False)))
 OTHER = Schema(Fraction(10), (SignalSpec("M.a"),))

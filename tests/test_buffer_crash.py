@@ -40,7 +40,7 @@ import agent.buffer as buffer_module
 from agent.buffer import Buffer
 from agent.chunk import SealedChunk
 from agent.errors import StorageError
-from agent.model import ChunkId
+from agent.wire.values import ChunkId
 from tests.test_buffer import SCHEMA
 from tests.test_buffer_model import fold
 
@@ -436,7 +436,7 @@ import os, random, sys
 sys.path.insert(0, {root!r})
 from agent.buffer import Buffer
 from agent.chunk import SealedChunk
-from agent.model import ChunkId
+from agent.wire.values import ChunkId
 from tests.test_buffer import SCHEMA
 path, start, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rnd = random.Random(seed)

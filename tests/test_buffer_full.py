@@ -27,8 +27,8 @@ import structlog
 from agent.buffer import Buffer, Cap
 from agent.chunk import Chunker, SealedChunk
 from agent.errors import StorageFullError
-from agent.model import ChunkId, Schema, SignalSpec
 from agent.pipeline import Pipeline
+from agent.wire.values import ChunkId, Schema, SignalSpec
 
 SOAK = os.environ.get("EDGE_SOAK") == "1"  # `make soak`: many more examples and rounds
 pytestmark = pytest.mark.slow  # bounded in `make test`, long in `make soak`

@@ -32,7 +32,7 @@ import agent.buffer as buffer_module
 from agent.buffer import Buffer, Cap
 from agent.chunk import Chunker, SealedChunk
 from agent.errors import StorageError, StorageFullError
-from agent.model import Schema, SignalSpec
+from agent.wire.values import Schema, SignalSpec
 
 SOAK = os.environ.get("EDGE_SOAK") == "1"  # `make soak`: many more examples and rounds
 pytestmark = pytest.mark.slow  # bounded in `make test`, long in `make soak`

@@ -49,11 +49,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent import wire
 from agent.buffer import Buffer, Cap
 from agent.config import MqttConfig
-from agent.model import ChunkData, Schema, SignalSpec
 from agent.sim import simulate, write_log
 from agent.upload import State, Uploader, UploadSettings
-from receiver.export import write_csv
+from agent.wire.values import ChunkData, Schema, SignalSpec
 from receiver.store import Store
+from receiver.timeline import write_csv
 from tests.harness.broker import Broker
 from tests.harness.checker import (
     Boot,

@@ -20,10 +20,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import predict, wire
+from agent import wire
 from agent.decode import build_decoder
 from agent.errors import ConfigError
-from agent.model import ChunkData, RawValue, Schema, SignalSpec
+from agent.wire import predictors as predict
+from agent.wire.values import ChunkData, RawValue, Schema, SignalSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 DBC = ROOT / "dbc" / "reference_ev.dbc"

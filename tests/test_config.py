@@ -25,7 +25,7 @@ from agent.config import (
     parse_agent_config,
 )
 from agent.errors import ConfigError
-from agent.settings import ConfigIssues
+from agent.service.schema import ConfigIssues
 from receiver.config import RECEIVER_SCHEMA, ReceiverConfig, load_receiver_config, parse_receiver_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Logging to journald (agent.logs): the format's rules, then a real systemd-journald reading it back.
+"""Logging to journald (agent.service.logs): the format's rules, then a real systemd-journald reading it back.
 
 The journald is private to the test: a journal namespace instance (``systemd-journald NAMESPACE``, what
 ``LogNamespace=`` starts) inside its own mount namespace, where tmpfs hides the host's /run and
@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import structlog
 
-from agent import logs
+from agent.service import logs
 from tests.harness.broker import Broker
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import columns, predict
-from agent import telemetry_pb2 as pb
-from agent.model import SignalSpec
+from agent.wire import predictors as predict
+from agent.wire import quantizer as columns
+from agent.wire import telemetry_pb2 as pb
+from agent.wire.values import SignalSpec
 
 
 def run(name: str, values: list[int]) -> list[int]:

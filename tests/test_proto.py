@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import telemetry_pb2
+from agent.wire import telemetry_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.model import Schema, SignalSpec, format_value
+from agent.wire.values import Schema, SignalSpec, format_value
 from receiver.cli import main
 from receiver.store import Store
 from tests.harness.broker import Broker

@@ -14,10 +14,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from structlog.testing import capture_logs
 
-from agent import telemetry_pb2 as pb
 from agent import wire
 from agent.errors import StorageError
-from agent.model import Schema
+from agent.wire import messages
+from agent.wire import telemetry_pb2 as pb
+from agent.wire.values import Schema
 from receiver.config import ReceiverConfig, ReceiverMqttConfig, StoreConfig
 from receiver.ingest import Receiver
 from receiver.store import Store
@@ -126,7 +127,7 @@ def garbage() -> dict[str, tuple[str, bytes]]:
     wrong_version.version = 99
     bad_zlib = pb.Envelope.FromString(good)
     bad_zlib.body = b"\x78\x9c" + os.urandom(40)
-    not_a_batch = wire._envelope(pb.BODY_KIND_BATCH, b"\xff\xff\xff", compress=False)
+    not_a_batch = messages._envelope(pb.BODY_KIND_BATCH, b"\xff\xff\xff", compress=False)
     narrow = Schema(SCHEMA.rate, SCHEMA.signals[:2])
     two_columns = wire.encode_chunk(narrow, chunk(5, [1, 2], [1, 2], [3, 4]))
     return {

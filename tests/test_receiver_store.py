@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from agent import wire
 from agent.errors import StorageCorruptError, StorageError, WireError
-from agent.model import ChunkData, ChunkId, RawValue, Schema, SignalSpec
-from receiver import columns
-from receiver.export import merge_chunks, missing_runs
+from agent.wire.values import ChunkData, ChunkId, RawValue, Schema, SignalSpec
+from receiver import table as columns
 from receiver.store import NotFoundError, RateConflictError, Store
+from receiver.timeline import merge_chunks, missing_runs
 
 BOOT = bytes(range(16))
 OTHER_BOOT = bytes(range(16, 32))

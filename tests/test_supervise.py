@@ -1,4 +1,4 @@
-"""sd_notify and the watchdog (agent.supervise): the protocol on our own NOTIFY_SOCKET, then the daemon.
+"""sd_notify and the watchdog (agent.service.supervise): the protocol on our own NOTIFY_SOCKET, then the daemon.
 
 The daemon tests listen where systemd would: a datagram socket named by NOTIFY_SOCKET, with WATCHDOG_USEC
 set. One runs the real ``edge-agent run`` (READY, WATCHDOG at half of WATCHDOG_USEC, STATUS, STOPPING on
@@ -24,7 +24,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from agent.supervise import (
+from agent.service.supervise import (
     Notifier,
     Supervisor,
     Watchdog,

@@ -16,8 +16,8 @@ from agent import wire
 from agent.buffer import Buffer
 from agent.chunk import Chunker, SealedChunk
 from agent.config import MqttConfig
-from agent.model import ChunkId
 from agent.upload import State, Uploader, UploadSettings
+from agent.wire.values import ChunkId
 from tests.harness.broker import Broker
 from tests.test_buffer import SCHEMA, sealed
 

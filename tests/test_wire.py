@@ -12,10 +12,11 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent import sealed, wire
-from agent import telemetry_pb2 as pb
+from agent import wire
 from agent.errors import WireError
-from agent.model import ChunkData, ChunkId, RawValue, Schema, SignalSpec
+from agent.wire import chunks as sealed
+from agent.wire import telemetry_pb2 as pb
+from agent.wire.values import ChunkData, ChunkId, RawValue, Schema, SignalSpec
 
 BOOT = bytes(range(16))
 

@@ -9,10 +9,10 @@ import math
 import sys
 from pathlib import Path
 
-from agent import logs
 from agent.config import load_agent_config
 from agent.daemon import Agent
 from agent.errors import ConfigError
+from agent.service import logs
 
 HELP = "replay a log through the whole pipeline; exit 0 once every sample is acked by the receiver"
 

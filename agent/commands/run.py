@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from agent import logs
 from agent.config import DEFAULT_AGENT_CONFIG, load_agent_config
 from agent.daemon import Agent
+from agent.service import logs
 
 HELP = "run the agent until stopped (SIGTERM or SIGINT)"
 

@@ -13,9 +13,9 @@ from fractions import Fraction
 
 from agent.decode import ANY_CHANNEL, build_decoder
 from agent.errors import ConfigError
-from agent.model import RawValue, Schema, format_value
 from agent.sample import Sampler, to_micros
 from agent.source import LogStats, read_log
+from agent.wire.values import RawValue, Schema, format_value
 
 HELP = "print a log's samples on the grid as CSV (what the agent would send)"
 

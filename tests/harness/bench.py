@@ -45,9 +45,9 @@ from agent import wire
 from agent.chunk import Chunker, new_boot_id
 from agent.config import load_agent_config
 from agent.daemon import build_schema
-from agent.model import ChunkId, Schema
 from agent.sample import Sampler, to_micros
 from agent.source import LogStats, read_log
+from agent.wire.values import ChunkId, Schema
 from tests.harness import naive
 from tests.harness.broker import Broker
 

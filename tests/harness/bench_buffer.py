@@ -63,8 +63,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent import wire
 from agent.buffer import Buffer
 from agent.chunk import SealedChunk
-from agent.model import ChunkId
 from agent.status import StatusReport, status_path, write_status_file
+from agent.wire.values import ChunkId
 from tests.harness import bench, naive
 from tests.harness.bench import ROOT, ProcessRun, Row
 from tests.harness.broker import Broker, free_port

@@ -36,13 +36,15 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from agent import logs, wire
-from agent import telemetry_pb2 as pb
+from agent import wire
 from agent.decode import build_decoder
-from agent.model import ChunkData, RawValue, Schema, SignalSpec
-from agent.predict import PREDICTORS, Coding
 from agent.sample import Sampler, to_micros
+from agent.service import logs
 from agent.source import LogStats, read_log
+from agent.wire import messages
+from agent.wire import telemetry_pb2 as pb
+from agent.wire.predictors import PREDICTORS, Coding
+from agent.wire.values import ChunkData, RawValue, Schema, SignalSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 REALDATA = ROOT.parent / "shared" / "realdata"
@@ -395,9 +397,9 @@ def print_rows(rows: Sequence[Row]) -> None:
 
 def _verbatim(schema: Schema, blobs: Sequence[bytes], compress: bool | str) -> bytes:
     """A batch of stored chunks as they are (not packed): what encode_batch did before packing."""
-    header = pb.Batch(vin="BENCH", schema=wire._schema_message(schema)).SerializeToString()
-    body = header + b"".join(b"\x1a" + wire._varint(len(blob)) + blob for blob in blobs)
-    return wire._envelope(pb.BODY_KIND_BATCH, body, compress)
+    header = pb.Batch(vin="BENCH", schema=messages._schema_message(schema)).SerializeToString()
+    body = header + b"".join(b"\x1a" + messages._varint(len(blob)) + blob for blob in blobs)
+    return messages._envelope(pb.BODY_KIND_BATCH, body, compress)
 
 
 def decide_predictor(ds: Sequence[Drive]) -> list[str]:

@@ -36,9 +36,9 @@ from pathlib import Path
 from agent import wire
 from agent.chunk import Chunker, SealedChunk
 from agent.decode import build_decoder
-from agent.model import Schema
 from agent.sample import Sampler, to_micros
 from agent.source import read_log
+from agent.wire.values import Schema
 from receiver.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]

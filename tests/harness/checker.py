@@ -67,9 +67,9 @@ from typing import Any
 
 import apsw
 
-from agent.model import PhysicalValue
-from receiver.export import write_csv
+from agent.wire.values import PhysicalValue
 from receiver.store import Store
+from receiver.timeline import write_csv
 
 ChunkKey = tuple[str, bytes, int]  # (vin, boot_id, seq)
 

@@ -1,9 +1,11 @@
-from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from collections.abc import Iterable as _Iterable
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar
+
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -31,6 +33,7 @@ class Predictor(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PREDICTOR_LINEAR: _ClassVar[Predictor]
     PREDICTOR_SMOOTHING: _ClassVar[Predictor]
     PREDICTOR_SWING: _ClassVar[Predictor]
+
 COMPRESSION_NONE: Compression
 COMPRESSION_ZLIB: Compression
 COMPRESSION_ZSTD: Compression
@@ -46,7 +49,7 @@ PREDICTOR_SMOOTHING: Predictor
 PREDICTOR_SWING: Predictor
 
 class Envelope(_message.Message):
-    __slots__ = ("version", "kind", "compression", "body")
+    __slots__ = ("body", "compression", "kind", "version")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
@@ -55,10 +58,26 @@ class Envelope(_message.Message):
     kind: BodyKind
     compression: Compression
     body: bytes
-    def __init__(self, version: _Optional[int] = ..., kind: _Optional[_Union[BodyKind, str]] = ..., compression: _Optional[_Union[Compression, str]] = ..., body: _Optional[bytes] = ...) -> None: ...
+    def __init__(
+        self,
+        version: int | None = ...,
+        kind: BodyKind | str | None = ...,
+        compression: Compression | str | None = ...,
+        body: bytes | None = ...,
+    ) -> None: ...
 
 class SignalDef(_message.Message):
-    __slots__ = ("name", "scale", "offset", "kind", "integer_scaled", "bound_raw", "predictor", "angle_period", "angle_low")
+    __slots__ = (
+        "angle_low",
+        "angle_period",
+        "bound_raw",
+        "integer_scaled",
+        "kind",
+        "name",
+        "offset",
+        "predictor",
+        "scale",
+    )
     NAME_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -77,20 +96,36 @@ class SignalDef(_message.Message):
     predictor: Predictor
     angle_period: int
     angle_low: int
-    def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ..., offset: _Optional[float] = ..., kind: _Optional[_Union[ValueKind, str]] = ..., integer_scaled: _Optional[bool] = ..., bound_raw: _Optional[int] = ..., predictor: _Optional[_Union[Predictor, str]] = ..., angle_period: _Optional[int] = ..., angle_low: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self,
+        name: str | None = ...,
+        scale: float | None = ...,
+        offset: float | None = ...,
+        kind: ValueKind | str | None = ...,
+        integer_scaled: bool | None = ...,
+        bound_raw: int | None = ...,
+        predictor: Predictor | str | None = ...,
+        angle_period: int | None = ...,
+        angle_low: int | None = ...,
+    ) -> None: ...
 
 class Schema(_message.Message):
-    __slots__ = ("rate_num", "rate_den", "signals")
+    __slots__ = ("rate_den", "rate_num", "signals")
     RATE_NUM_FIELD_NUMBER: _ClassVar[int]
     RATE_DEN_FIELD_NUMBER: _ClassVar[int]
     SIGNALS_FIELD_NUMBER: _ClassVar[int]
     rate_num: int
     rate_den: int
     signals: _containers.RepeatedCompositeFieldContainer[SignalDef]
-    def __init__(self, rate_num: _Optional[int] = ..., rate_den: _Optional[int] = ..., signals: _Optional[_Iterable[_Union[SignalDef, _Mapping]]] = ...) -> None: ...
+    def __init__(
+        self,
+        rate_num: int | None = ...,
+        rate_den: int | None = ...,
+        signals: _Iterable[SignalDef | _Mapping] | None = ...,
+    ) -> None: ...
 
 class Column(_message.Message):
-    __slots__ = ("presence_runs", "residuals", "floats", "exact_gaps", "exact", "exact_unsigned", "signal")
+    __slots__ = ("exact", "exact_gaps", "exact_unsigned", "floats", "presence_runs", "residuals", "signal")
     PRESENCE_RUNS_FIELD_NUMBER: _ClassVar[int]
     RESIDUALS_FIELD_NUMBER: _ClassVar[int]
     FLOATS_FIELD_NUMBER: _ClassVar[int]
@@ -105,10 +140,28 @@ class Column(_message.Message):
     exact: _containers.RepeatedScalarFieldContainer[int]
     exact_unsigned: _containers.RepeatedScalarFieldContainer[int]
     signal: int
-    def __init__(self, presence_runs: _Optional[_Iterable[int]] = ..., residuals: _Optional[_Iterable[int]] = ..., floats: _Optional[_Iterable[float]] = ..., exact_gaps: _Optional[_Iterable[int]] = ..., exact: _Optional[_Iterable[int]] = ..., exact_unsigned: _Optional[_Iterable[int]] = ..., signal: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self,
+        presence_runs: _Iterable[int] | None = ...,
+        residuals: _Iterable[int] | None = ...,
+        floats: _Iterable[float] | None = ...,
+        exact_gaps: _Iterable[int] | None = ...,
+        exact: _Iterable[int] | None = ...,
+        exact_unsigned: _Iterable[int] | None = ...,
+        signal: int | None = ...,
+    ) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("boot_id", "seq", "first_tick", "sample_count", "tick_dod", "residuals", "residual_counts", "extras")
+    __slots__ = (
+        "boot_id",
+        "extras",
+        "first_tick",
+        "residual_counts",
+        "residuals",
+        "sample_count",
+        "seq",
+        "tick_dod",
+    )
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     FIRST_TICK_FIELD_NUMBER: _ClassVar[int]
@@ -125,7 +178,17 @@ class Chunk(_message.Message):
     residuals: _containers.RepeatedScalarFieldContainer[int]
     residual_counts: _containers.RepeatedScalarFieldContainer[int]
     extras: _containers.RepeatedCompositeFieldContainer[Column]
-    def __init__(self, boot_id: _Optional[bytes] = ..., seq: _Optional[int] = ..., first_tick: _Optional[int] = ..., sample_count: _Optional[int] = ..., tick_dod: _Optional[_Iterable[int]] = ..., residuals: _Optional[_Iterable[int]] = ..., residual_counts: _Optional[_Iterable[int]] = ..., extras: _Optional[_Iterable[_Union[Column, _Mapping]]] = ...) -> None: ...
+    def __init__(
+        self,
+        boot_id: bytes | None = ...,
+        seq: int | None = ...,
+        first_tick: int | None = ...,
+        sample_count: int | None = ...,
+        tick_dod: _Iterable[int] | None = ...,
+        residuals: _Iterable[int] | None = ...,
+        residual_counts: _Iterable[int] | None = ...,
+        extras: _Iterable[Column | _Mapping] | None = ...,
+    ) -> None: ...
 
 class ChunkRange(_message.Message):
     __slots__ = ("boot_id", "first_seq", "last_seq")
@@ -135,10 +198,12 @@ class ChunkRange(_message.Message):
     boot_id: bytes
     first_seq: int
     last_seq: int
-    def __init__(self, boot_id: _Optional[bytes] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ...) -> None: ...
+    def __init__(
+        self, boot_id: bytes | None = ..., first_seq: int | None = ..., last_seq: int | None = ...
+    ) -> None: ...
 
 class Packed(_message.Message):
-    __slots__ = ("boot_id", "seq", "first_tick", "sample_count", "tick_dod_count", "tick_dod", "columns")
+    __slots__ = ("boot_id", "columns", "first_tick", "sample_count", "seq", "tick_dod", "tick_dod_count")
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     FIRST_TICK_FIELD_NUMBER: _ClassVar[int]
@@ -153,10 +218,19 @@ class Packed(_message.Message):
     tick_dod_count: _containers.RepeatedScalarFieldContainer[int]
     tick_dod: _containers.RepeatedScalarFieldContainer[int]
     columns: _containers.RepeatedCompositeFieldContainer[Column]
-    def __init__(self, boot_id: _Optional[_Iterable[bytes]] = ..., seq: _Optional[_Iterable[int]] = ..., first_tick: _Optional[_Iterable[int]] = ..., sample_count: _Optional[_Iterable[int]] = ..., tick_dod_count: _Optional[_Iterable[int]] = ..., tick_dod: _Optional[_Iterable[int]] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ...) -> None: ...
+    def __init__(
+        self,
+        boot_id: _Iterable[bytes] | None = ...,
+        seq: _Iterable[int] | None = ...,
+        first_tick: _Iterable[int] | None = ...,
+        sample_count: _Iterable[int] | None = ...,
+        tick_dod_count: _Iterable[int] | None = ...,
+        tick_dod: _Iterable[int] | None = ...,
+        columns: _Iterable[Column | _Mapping] | None = ...,
+    ) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("vin", "schema", "chunks", "evicted", "sent_at", "packed")
+    __slots__ = ("chunks", "evicted", "packed", "schema", "sent_at", "vin")
     VIN_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
@@ -169,20 +243,44 @@ class Batch(_message.Message):
     evicted: _containers.RepeatedCompositeFieldContainer[ChunkRange]
     sent_at: float
     packed: Packed
-    def __init__(self, vin: _Optional[str] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., evicted: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., sent_at: _Optional[float] = ..., packed: _Optional[_Union[Packed, _Mapping]] = ...) -> None: ...
+    def __init__(
+        self,
+        vin: str | None = ...,
+        schema: Schema | _Mapping | None = ...,
+        chunks: _Iterable[Chunk | _Mapping] | None = ...,
+        evicted: _Iterable[ChunkRange | _Mapping] | None = ...,
+        sent_at: float | None = ...,
+        packed: Packed | _Mapping | None = ...,
+    ) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("vin", "stored", "noted")
+    __slots__ = ("noted", "stored", "vin")
     VIN_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
     NOTED_FIELD_NUMBER: _ClassVar[int]
     vin: str
     stored: _containers.RepeatedCompositeFieldContainer[ChunkRange]
     noted: _containers.RepeatedCompositeFieldContainer[ChunkRange]
-    def __init__(self, vin: _Optional[str] = ..., stored: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., noted: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ...) -> None: ...
+    def __init__(
+        self,
+        vin: str | None = ...,
+        stored: _Iterable[ChunkRange | _Mapping] | None = ...,
+        noted: _Iterable[ChunkRange | _Mapping] | None = ...,
+    ) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("vin", "state", "backlog_chunks", "backlog_samples", "backlog_bytes", "oldest_age_s", "last_ack_at", "dropped_chunks", "agent_version", "updated_at")
+    __slots__ = (
+        "agent_version",
+        "backlog_bytes",
+        "backlog_chunks",
+        "backlog_samples",
+        "dropped_chunks",
+        "last_ack_at",
+        "oldest_age_s",
+        "state",
+        "updated_at",
+        "vin",
+    )
     VIN_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_CHUNKS_FIELD_NUMBER: _ClassVar[int]
@@ -203,4 +301,16 @@ class Status(_message.Message):
     dropped_chunks: int
     agent_version: str
     updated_at: float
-    def __init__(self, vin: _Optional[str] = ..., state: _Optional[str] = ..., backlog_chunks: _Optional[int] = ..., backlog_samples: _Optional[int] = ..., backlog_bytes: _Optional[int] = ..., oldest_age_s: _Optional[float] = ..., last_ack_at: _Optional[float] = ..., dropped_chunks: _Optional[int] = ..., agent_version: _Optional[str] = ..., updated_at: _Optional[float] = ...) -> None: ...
+    def __init__(
+        self,
+        vin: str | None = ...,
+        state: str | None = ...,
+        backlog_chunks: int | None = ...,
+        backlog_samples: int | None = ...,
+        backlog_bytes: int | None = ...,
+        oldest_age_s: float | None = ...,
+        last_ack_at: float | None = ...,
+        dropped_chunks: int | None = ...,
+        agent_version: str | None = ...,
+        updated_at: float | None = ...,
+    ) -> None: ...

@@ -1,4 +1,4 @@
-"""One signal's residuals across the chunks of a batch, as one stream (used by :mod:`agent.packing`).
+"""One signal's residuals across the chunks of a batch, as one stream (used by :mod:`agent.wire.packed`).
 
 Every stored chunk codes each column from a fresh predictor, so that it decodes alone. Laid end to end,
 their residuals restart from absolute values every second, which costs bytes and keeps a decoder from
@@ -23,8 +23,8 @@ from collections.abc import Iterator, Sequence
 from itertools import accumulate, pairwise, repeat
 from typing import TypeVar
 
-from agent import columns
-from agent.model import Schema, SignalSpec
+from agent.wire import quantizer as columns
+from agent.wire.values import Schema, SignalSpec
 
 T = TypeVar("T")
 REFRESH_SECONDS = 30

@@ -2,10 +2,10 @@
 
 Contract
 - Pure functions, no I/O, no shared state: safe from any thread.
-- ``encode_chunk`` is closed-loop (:mod:`agent.columns`): every reconstructed raw value is within
+- ``encode_chunk`` is closed-loop (:mod:`agent.wire.quantizer`): every reconstructed raw value is within
   ``bound_raw`` of the truth (modulo the period for an angle), equal when it is 0 and for every float.
 - A chunk decodes alone: every column starts from a fresh predictor. ``encode_batch`` lays the stored
-  chunks out signal by signal (:mod:`agent.packing`), which only changes how the bytes are arranged, so a
+  chunks out signal by signal (:mod:`agent.wire.packed`), which only changes how the bytes are arranged, so a
   batch decodes alone, in any order, on any receiver, with no per-vehicle state.
 - ``decode_*`` raise :class:`agent.errors.WireError` (never a protobuf, zlib or zstd exception) on garbage.
 """
@@ -21,10 +21,13 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from agent import columns, packing, predict, sealed
-from agent import telemetry_pb2 as pb
 from agent.errors import WireError
-from agent.model import ChunkData, ChunkId, Schema, SignalSpec
+from agent.wire import chunks as sealed
+from agent.wire import packed as packing
+from agent.wire import predictors as predict
+from agent.wire import quantizer as columns
+from agent.wire import telemetry_pb2 as pb
+from agent.wire.values import ChunkData, ChunkId, Schema, SignalSpec
 
 zstandard: Any
 try:

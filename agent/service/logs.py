@@ -35,10 +35,13 @@ import struct
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
+
+from agent.service.schema import Choice, Section
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -315,7 +318,7 @@ def configure(
         cache_logger_on_first_use=False,
     )
     if wanted == "journal":
-        structlog.get_logger("agent.logs").warning(
+        structlog.get_logger("agent.service.logs").warning(
             "journal_unavailable", socket=JOURNAL_SOCKET, reason="no journald socket: logging JSON lines"
         )
     return fmt
@@ -324,3 +327,18 @@ def configure(
 def get_logger(name: str, **context: Any) -> Any:
     # A lazy proxy: it takes the configuration in force when it first logs, not at import time.
     return structlog.get_logger(name, **context)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json", "journal"] = "auto"
+
+
+LOGGING_SECTION = Section(
+    LoggingConfig,
+    {
+        "level": Choice("debug", "info", "warning", "error"),
+        "format": Choice("auto", "console", "json", "journal"),
+    },
+)

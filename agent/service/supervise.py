@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agent.logs import get_logger
+from agent.service.logs import get_logger
 
-log = get_logger("agent.supervise")
+log = get_logger("agent.service.supervise")
 
 DEFAULT_STALL_S = 15.0  # the stall threshold when no watchdog is configured (stalls are still logged)
 

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from itertools import accumulate, chain, islice, pairwise, repeat
 from typing import NamedTuple
 
-from agent import predict
 from agent.errors import WireError
-from agent.model import RawValue, SignalSpec
+from agent.wire import predictors as predict
+from agent.wire.values import RawValue, SignalSpec
 
 ESCAPE_LIMIT = 1 << 60  # integer values beyond ±this are sent exactly, aside (when it matters)
 _VECTORIZED = ("hold", "linear")

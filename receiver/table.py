@@ -3,7 +3,7 @@ the codec of a chunk's column of one signal.
 
 Contract
 - Pure functions and immutable coders, no I/O, no shared state: safe from any thread.
-- Physical values are exactly :meth:`agent.model.SignalSpec.to_physical` of the raw ones: the fast paths
+- Physical values are exactly :meth:`agent.wire.values.SignalSpec.to_physical` of the raw ones: the fast paths
   compute the same expression on a whole column (``int(raw) * int(scale) + int(offset)`` for
   integer-scaled signals, ``raw * scale + offset`` otherwise) and fall back to ``to_physical`` value by
   value whenever a column has an absent value, a float where ints were expected, or an int past 64 bits.
@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from agent.errors import StorageCorruptError
-from agent.model import PhysicalValue, RawValue, SignalSpec
+from agent.wire.values import PhysicalValue, RawValue, SignalSpec
 
 SCHEMA_VERSION = 2
 

@@ -8,6 +8,7 @@ paho reconnects by itself with exponential backoff between ``min_delay`` and ``m
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,6 +17,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.errors import ConfigError
+from agent.service.schema import Boolean, Check, FilePath, Integer, Nullable, SectionView, String, Value
+
+TOPIC_WORD = r"[^+#/\s\x00]+"  # one MQTT topic level without wildcards
 SESSION_EXPIRY_S = 24 * 3600  # acks queued by the broker survive a day's outage of the agent
 
 
@@ -65,7 +70,54 @@ def connect(client: paho.Client, settings: MqttSettings, persistent: bool) -> No
 
 def offline_status(vin: str) -> bytes:
     """The retained status the broker publishes for us when we vanish (our last will)."""
-    from agent import telemetry_pb2 as pb
     from agent import wire
+    from agent.wire import telemetry_pb2 as pb
 
     return wire.encode_status(pb.Status(vin=vin, state="OFFLINE"))
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The broker connection (shared by agent and receiver). ``client_id`` is filled in by the root."""
+
+    host: str = "localhost"
+    port: int = 1883
+    prefix: str = "fleet"
+    client_id: str | None = None
+    keepalive_s: int = 30
+    username: str | None = None
+    password_file: Path | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+
+    def password(self) -> str | None:
+        """The password read from ``password_file`` (trailing newline stripped), or ``None``."""
+        if self.password_file is None:
+            return None
+        try:
+            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"mqtt.password_file: cannot read {self.password_file}: {error}") from error
+
+
+def check_mqtt(mqtt: MqttConfig, view: SectionView) -> None:
+    if mqtt.ca_file is not None and not mqtt.tls:
+        view.error("ca_file", "is set but tls is false (set tls: true or remove ca_file)")
+    if mqtt.password_file is not None and mqtt.username is None:
+        view.error("password_file", "is set without a username (MQTT sends a password only with one)")
+
+
+MQTT_FIELDS: dict[str, Value[Any]] = {
+    "host": String(),
+    "port": Integer(min=1, max=65535),
+    "prefix": String(
+        pattern=f"{TOPIC_WORD}(/{TOPIC_WORD})*", rule="topic levels without '+', '#' or an edge '/'"
+    ),
+    "client_id": Nullable(String()),
+    "keepalive_s": Integer(min=0, max=65535),
+    "username": Nullable(String()),
+    "password_file": Nullable(FilePath(must_exist=True)),
+    "tls": Boolean(),
+    "ca_file": Nullable(FilePath(must_exist=True)),
+}
+MQTT_CHECKS: tuple[Check[MqttConfig], ...] = (check_mqtt,)

@@ -5,8 +5,8 @@ Contract
   safe from any thread. Nothing is materialized: memory is bounded by the chunks whose ticks overlap.
 - The caller (the store, the CLI) owns the cursors it hands in; these functions only iterate them.
 - The CSV is the one ``edge-agent sample`` prints for the same data, byte for byte, because both use the
-  same two helpers: :meth:`agent.model.Schema.tick_seconds` for the first cell (exact, 6 decimals) and
-  :func:`agent.model.format_value` for each value (empty cell when absent). Lines end with ``\\n``.
+  same two helpers: :meth:`agent.wire.values.Schema.tick_seconds` for the first cell (exact, 6 decimals) and
+  :func:`agent.wire.values.format_value` for each value (empty cell when absent). Lines end with ``\\n``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, TextIO
 
-from agent.model import PhysicalValue, Schema, format_value
-from receiver import columns
+from agent.wire.values import PhysicalValue, Schema, format_value
+from receiver import table as columns
 
 Row = tuple[int, list[PhysicalValue | None]]
 Chunk = tuple[int, Sequence[int], Sequence[Sequence[PhysicalValue | None]]]  # start, ticks, columns

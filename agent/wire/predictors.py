@@ -3,12 +3,12 @@
 A predictor only ever sees *reconstructions* (the values the receiver will hold), never the true values:
 that is what keeps the agent's copy and the receiver's copy in lock-step (seed 001's scheme fed its
 predictor the truth, which the server never saw, and drifted). Any predictor can be plugged in here
-without touching the error-bound guarantee, which lives in :mod:`agent.columns`: register a class in
+without touching the error-bound guarantee, which lives in :mod:`agent.wire.quantizer`: register a class in
 :data:`PREDICTORS` and give it a number in the ``Predictor`` enum of ``proto/telemetry.proto``.
 
 Contract: ``predict()`` returns an int within ``±LIMIT``; ``update(r)`` is called with every
 reconstruction in order. A fresh instance is made for every column of every chunk (chunks decode
-alone). Not thread-safe; each lives inside one encode or decode call. :mod:`agent.columns` has faster
+alone). Not thread-safe; each lives inside one encode or decode call. :mod:`agent.wire.quantizer` has faster
 inlined copies of ``hold`` and ``linear``; tests check that they agree with these classes.
 
 The coding of a column (``SignalSpec.predictor``) is a predictor name, optionally followed by the raw
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from agent import telemetry_pb2 as pb
+from agent.wire import telemetry_pb2 as pb
 
 LIMIT = 1 << 62  # predictions are clamped to ±LIMIT: residuals of values within ±2^60 fit sint64
 

@@ -1,10 +1,10 @@
 """The packed layout of a batch (used via :mod:`agent.wire`).
 
-A stored chunk (``pb.Chunk``, :mod:`agent.sealed`) holds its signals one after the other; 60 chunks in
+A stored chunk (``pb.Chunk``, :mod:`agent.wire.chunks`) holds its signals one after the other; 60 chunks in
 a row interleave every signal's statistics 60 times, which a general-purpose compressor codes poorly.
 :func:`pack` lays the same chunks out signal by signal (``pb.Packed``): chunk headers as differences,
 each signal's presence runs over the whole batch, its exactly-sent values, and its residuals as one
-stream (:mod:`agent.streams`: only the first residuals of each chunk are rewritten). Packing moves
+stream (:mod:`agent.wire.streams`: only the first residuals of each chunk are rewritten). Packing moves
 stored integers and never re-quantizes, so every value decodes exactly as its stored chunk would.
 
 Contract: pure functions, safe from any thread. :func:`pack` returns ``None`` for chunks that do not
@@ -19,11 +19,12 @@ from itertools import accumulate, repeat
 
 from google.protobuf.message import DecodeError
 
-from agent import columns, streams
-from agent import telemetry_pb2 as pb
 from agent.errors import WireError
-from agent.model import ChunkData, RawValue, Schema, SignalSpec
-from agent.sealed import MAX_CHUNK_SAMPLES, Parts, coded_of, fill_column, ticks_from
+from agent.wire import quantizer as columns
+from agent.wire import streams
+from agent.wire import telemetry_pb2 as pb
+from agent.wire.chunks import MAX_CHUNK_SAMPLES, Parts, coded_of, fill_column, ticks_from
+from agent.wire.values import ChunkData, RawValue, Schema, SignalSpec
 
 MAX_BATCH_SAMPLES = 16_000_000  # a packed batch claiming more samples in all is refused
 
@@ -51,7 +52,7 @@ def _merge_runs(runs: list[int], more: Sequence[int], count: int) -> None:
 
 
 def _pack_hold(chunks: Sequence[Parts], index: int, refresh: Sequence[bool]) -> list[int] | None:
-    """:func:`agent.streams.join` for ``hold``, when every chunk has the column throughout, nothing aside."""
+    """:func:`agent.wire.streams.join` for ``hold``, when every chunk has the column throughout, nothing aside."""
     out: list[int] = []
     total = 0
     for chunk, fresh in zip(chunks, refresh, strict=True):
@@ -78,7 +79,7 @@ def _pack_hold(chunks: Sequence[Parts], index: int, refresh: Sequence[bool]) -> 
 def _pack_column(
     out: pb.Column, chunks: Sequence[Parts], index: int, spec: SignalSpec, refresh: Sequence[bool]
 ) -> None:
-    """Fill ``out`` with one signal's values in every chunk (see :func:`agent.streams.join`)."""
+    """Fill ``out`` with one signal's values in every chunk (see :func:`agent.wire.streams.join`)."""
     if not spec.is_float and columns.coding(spec).predictor == "hold":
         plain = _pack_hold(chunks, index, refresh)
         if plain is not None:

@@ -1,10 +1,10 @@
 """A sealed chunk's message (``pb.Chunk``): what the agent's buffer stores and a batch may carry as is.
 
 A chunk is coded once, when it is sealed (:func:`chunk_message`): its ticks as delta-of-delta, every
-integer signal's residuals (:mod:`agent.columns`, closed-loop) in one flat list with a count per signal,
+integer signal's residuals (:mod:`agent.wire.quantizer`, closed-loop) in one flat list with a count per signal,
 and, only for the signals that need them, presence runs, floats and exactly-sent values (``extras``).
 It decodes alone (:func:`decode_chunk`). :class:`Parts` takes a stored chunk apart for
-:mod:`agent.packing`.
+:mod:`agent.wire.packed`.
 
 Contract: pure functions, safe from any thread. :func:`chunk_message` raises ``ValueError`` on input
 that is not a chunk of the schema; :func:`decode_chunk` and :class:`Parts` raise
@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import accumulate, chain, pairwise, repeat
 
-from agent import columns
-from agent import telemetry_pb2 as pb
 from agent.errors import WireError
-from agent.model import ChunkData, Schema
+from agent.wire import quantizer as columns
+from agent.wire import telemetry_pb2 as pb
+from agent.wire.values import ChunkData, Schema
 
 MAX_CHUNK_SAMPLES = 1_000_000  # a chunk claiming more is refused before anything is allocated
 _SIGNED_END = 1 << 63
