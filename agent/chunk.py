@@ -5,6 +5,12 @@ Contract: used by the pipeline thread only. ``add`` copies the sampler's values 
 stored bytes are exactly what the receiver will decode) and returns it, or ``None`` when empty. A chunk
 is sealed when it holds ``max_samples`` and at every commit, so a crash loses at most one commit
 interval. Chunk sequence numbers start at 0 for every boot id and never repeat within it.
+
+Ticks need not be consecutive: the sampler emits no tick at which every signal is absent, so after a
+silence the next tick may be far ahead (the chunk's tick delta-of-delta codes such a jump in a few
+bytes). A chunk never spans ``max_samples`` tick numbers or more: a tick that far from the open
+chunk's first seals it first, so a chunk's span (last - first tick) stays below ``max_samples``, which
+is what the receiver's overlap search (``max_span``) relies on to stay cheap.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class Chunker:
         self.sealed: list[SealedChunk] = []  # sealed, not yet handed to the buffer
 
     def add(self, tick: int, values: list[RawValue | None]) -> None:
+        if self._ticks and tick - self._ticks[0] >= self.max_samples:
+            self.seal()  # a jump over a silence: the chunk's span stays below max_samples
         self._ticks.append(tick)
         for column, value in zip(self._columns, values, strict=True):
             column.append(value)

@@ -100,6 +100,8 @@ class SamplingConfig:
     in the signal's unit (0 = lossless); ``angles`` maps it to a whole turn (360 for degrees), so that its
     values wrap. ``bounds_preset`` names a :data:`BOUNDS_PRESETS` entry applied beneath them, to the
     signals it names that are sampled. ``predictor`` codes every signal (:mod:`agent.wire.predictors`).
+    ``max_hold_s``: how long a value is held after its frame, at most; ``None`` ("auto") derives it per
+    signal from its period (:mod:`agent.sample`).
     """
 
     rate_hz: float = 50.0
@@ -108,6 +110,7 @@ class SamplingConfig:
     bounds_preset: str = "none"
     angles: Mapping[str, float] = field(default_factory=dict)
     predictor: str = predict.DEFAULT
+    max_hold_s: float | None = None
 
     def bound(self, name: str) -> float:
         """The error bound of ``name`` (``MESSAGE.SIGNAL``): the configured one, the preset's, or 0."""
@@ -120,6 +123,9 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class BufferConfig:
+    """The ``buffer`` section, taken as is by the pipeline and the buffer's writer; ``max_bytes``,
+    ``max_age_s`` and ``full_policy`` are the cap that :meth:`agent.buffer.Buffer.append` applies."""
+
     path: Path = Path("/var/lib/edge-agent/buffer.sqlite")
     commit_interval_s: float = 1.0
     max_bytes: int = 0  # 0 = no cap
@@ -213,6 +219,7 @@ AGENT_SCHEMA = Section(
                 "bounds_preset": Choice(*BOUNDS_PRESETS),
                 "angles": MapOf(SIGNAL_NAME, Float(min=0, min_open=True)),
                 "predictor": Choice(*predict.PREDICTORS),
+                "max_hold_s": Alias(Float(min=0, min_open=True), {"auto": None}),
             },
             (check_sampling,),
         ),

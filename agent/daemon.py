@@ -5,6 +5,16 @@
 The supervisor is the caller's thread (the main thread under systemd): it opens (and if need be
 quarantines) the buffer before any stage starts, handles SIGTERM/SIGINT, publishes the status once a
 second, and decides when a replay is complete (source ended, last commit done, buffer empty).
+
+Contract
+- The pipeline and the uploader are :class:`agent.stage.Stage` objects, each on its own thread. The
+  supervisor reads from them only what is made for other threads: their heartbeats (the watchdog), their
+  ``failed`` and ``finished`` events, and the uploader's published :class:`agent.status.UploadStatus`.
+  Their counters are read after they have stopped.
+- A stage that fails (``stage_failed``, logged by the stage with its traceback) stops the agent:
+  :meth:`Agent.run` shuts every stage down and returns a :class:`RunResult` whose ``failed`` names it,
+  and the command exits non-zero, so that systemd restarts the service.
+- The configuration sections are handed to the stages as they were read (no copies field by field).
 """
 
 from __future__ import annotations
@@ -20,36 +30,34 @@ from types import FrameType
 from typing import Any
 
 from agent import __version__, source, wire
-from agent.buffer import Buffer, BufferStats, Cap
+from agent.buffer import Buffer, BufferStats
 from agent.chunk import new_boot_id
 from agent.config import AgentConfig
-from agent.decode import Decoder, build_decoder
+from agent.decode import Decoder, decoder_for
 from agent.pipeline import Pipeline
 from agent.service.logs import get_logger
-from agent.service.supervise import Supervisor
-from agent.status import StatusReport, status_path, write_status_file
-from agent.upload import Uploader, UploadSettings
+from agent.service.supervise import Heartbeat, Supervisor
+from agent.status import StatusReport, drain_eta, status_path, write_status_file
+from agent.upload import Uploader
 from agent.wire.values import Schema
 
 STATUS_EVERY_S = 1.0
 
 
 def build_schema(config: AgentConfig) -> tuple[Decoder, Schema]:
-    buses = [
-        (bus.channel, bus.dbc, "auto" if bus.j1939 is None else str(bus.j1939).lower())
-        for bus in config.buses
-    ]
-    s = config.sampling
-    decoder = build_decoder(buses, s.signals, dict(s.bounds), s.predictor, dict(s.angles), s.bounds_preset)
+    decoder = decoder_for(config)  # the same path as check-config
     rate = Fraction(str(config.sampling.rate_hz)).limit_denominator(1_000_000)
     return decoder, Schema(rate, decoder.signals)
 
 
 @dataclass
 class RunResult:
+    """How a run ended. ``failed`` names the stages that failed (then the command exits non-zero)."""
+
     complete: bool
     backlog: BufferStats
     samples_committed: int
+    failed: tuple[str, ...] = ()
 
 
 class Agent:
@@ -68,35 +76,18 @@ class Agent:
         wake = threading.Event()
         buffer = config.buffer
         chunk_samples = max(1, math.ceil(float(self.schema.rate) * buffer.commit_interval_s))
-        cap = Cap(buffer.max_bytes, buffer.max_age_s, buffer.full_policy)
         self.pipeline = Pipeline(
             self.decoder,
             self.schema,
             self.feed,
-            buffer.path,
+            buffer,
             self.boot_id,
             chunk_samples,
-            buffer.commit_interval_s,
             wake,
             config.vin,
-            cap,
+            max_hold_s=config.sampling.max_hold_s,
         )
-        upload, mqtt = config.upload, config.mqtt
-        self.uploader = Uploader(
-            UploadSettings(
-                config.vin,
-                mqtt.prefix,
-                mqtt.client_id or f"edge-agent-{config.vin}",
-                upload.max_inflight_batches,
-                upload.max_batch_bytes,
-                upload.ack_timeout_s,
-                upload.max_bytes_per_s,
-                upload.compression,
-            ),
-            mqtt,
-            buffer.path,
-            wake,
-        )
+        self.uploader = Uploader(config.vin, config.upload, config.mqtt, buffer.path, wake)
         self.status_file = status_path(buffer.path)
 
     def _open_source(self) -> tuple[source.FrameFeed, list[threading.Thread]]:
@@ -152,9 +143,10 @@ class Agent:
 
     def report(self) -> StatusReport:
         stats = self.buffer.stats()
-        eta = self.uploader.drain_rate.eta(stats.samples, time.monotonic())
+        upload = self.uploader.status()  # the uploader's published snapshot: never its live state
+        eta = drain_eta(stats.samples, upload.acked_samples_per_s)
         return StatusReport.from_stats(
-            self.config.vin, self.uploader.state.value, stats, eta, os.getpid(), self.boot_id.hex()
+            self.config.vin, upload.state.value, stats, eta, os.getpid(), self.boot_id.hex()
         )
 
     def publish_status(self) -> StatusReport:
@@ -168,12 +160,15 @@ class Agent:
         return report
 
     def run(self, until_drained: bool = False, drain_timeout_s: float = 60.0) -> RunResult:
-        """Supervise until stopped, or (``until_drained``) until the source is done and everything acked."""
+        """Supervise until stopped, or (``until_drained``) until the source is done and everything acked;
+        a failed stage ends it at once (see the module's contract)."""
         deadline: float | None = None
         next_status = 0.0
         # The buffer was opened (and checked) and the source bound in __init__; the stages are started.
         self.supervisor.ready()
         while not self.stop_event.wait(0.1):
+            if self.failed_stages():
+                break
             self.supervisor.tick(self.heartbeats())
             if time.monotonic() >= next_status:
                 self.publish_status()
@@ -181,7 +176,7 @@ class Agent:
             if not until_drained:
                 continue
             if not self.pipeline.finished.is_set():
-                if not self.pipeline.thread.is_alive():
+                if not self.pipeline.is_alive():
                     break  # the pipeline ended without its final commit: report what is left
                 continue
             deadline = deadline or time.monotonic() + drain_timeout_s
@@ -190,27 +185,36 @@ class Agent:
             ) or time.monotonic() > deadline:
                 break
         self.shutdown()
+        failed = self.failed_stages()
         backlog = self.buffer.stats()
         notices_left = bool(self.buffer.notices(1))
         self.buffer.close()
-        complete = self.pipeline.finished.is_set() and backlog.chunks == 0 and not notices_left
-        return RunResult(complete, backlog, self.pipeline.samples_committed)
+        complete = self.pipeline.finished.is_set() and backlog.chunks == 0 and not notices_left and not failed
+        return RunResult(complete, backlog, self.pipeline.samples_committed, failed)
 
-    def heartbeats(self) -> dict[str, float | None]:
-        """Each stage's last beat, for the watchdog; a replay's pipeline that is done no longer beats."""
+    def failed_stages(self) -> tuple[str, ...]:
+        """The stages whose thread ended on an unexpected error."""
+        return tuple(stage.name for stage in (self.pipeline, self.uploader) if stage.failed.is_set())
+
+    def heartbeats(self) -> dict[str, Heartbeat | None]:
+        """Each stage's heartbeat, for the watchdog; a replay's pipeline that is done no longer beats."""
         done = self.pipeline.finished.is_set() and self.config.source.kind == "replay"
-        return {"pipeline": None if done else self.pipeline.alive_at, "uploader": self.uploader.alive_at}
+        return {
+            "pipeline": None if done else self.pipeline.heartbeat,
+            "uploader": self.uploader.heartbeat,
+        }
 
     def shutdown(self) -> None:
         """Stop the readers, let the pipeline make its last commit, then stop the uploader (< 5 s)."""
-        self.supervisor.stopping("stopping: last commit, then disconnect")
+        failed = self.failed_stages()
+        reason = f"{', '.join(failed)} failed" if failed else "last commit, then disconnect"
+        self.supervisor.stopping(f"stopping: {reason}")
         self.stop_event.set()
         for reader in self.readers:
             reader.join(1.0)
-        self.pipeline.thread.join(2.0)
-        if self.pipeline.thread.is_alive():
-            self.pipeline.stop_event.set()
-            self.pipeline.thread.join(1.0)
+        if not self.pipeline.join(2.0):
+            self.pipeline.request_stop()
+            self.pipeline.join(1.0)
         self.uploader.stop(1.5)
         self.status_file.unlink(missing_ok=True)
         self.log.info(
@@ -219,4 +223,5 @@ class Agent:
             frames=self.decoder.stats.frames,
             unknown_frames=sum(self.decoder.stats.unknown.values()),
             bad_log_lines=self.log_stats.bad_lines,
+            failed_stages=list(self.failed_stages()),
         )

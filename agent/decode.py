@@ -7,6 +7,14 @@ Contract
   frame carries, or an empty list. It never raises on bad frames: an unknown id, a payload shorter than
   its message (the fields that fit are still decoded) or one cantools refuses are *counted* in
   ``Decoder.stats`` and logged once per id, because real buses carry all of these (see the Kona log).
+  A payload longer than its protocol allows (8 bytes classic, 64 CAN FD) is counted in
+  ``stats.oversize`` and logged once per id, and not decoded.
+- Channels: ``stats.channels`` counts frames per channel. A configured channel that has seen no frame
+  while others have is logged once (``bus_channel_silent``, with the channels that do carry frames)
+  after ``CHANNEL_CHECK_FRAMES`` frames, and by :meth:`Decoder.check_channels` (call it when a replay
+  ends). :meth:`Decoder.unknown_channel_frames` counts the frames of channels no bus is configured for.
+- DBCs are loaded by :func:`agent.dbc.load_dbc` (strict; refuses empty files and repeated frame ids);
+  :func:`build_decoder` refuses two sampled messages that one bus would match on the same id or PGN.
 - Values are raw (``scaling=False``), so they are integers at the DBC resolution; :class:`SignalSpec`
   carries the scale and offset that turn them into what cantools would print.
 - J1939: a message whose DBC says it is a J1939 parameter group is matched by PGN (priority and source
@@ -24,32 +32,24 @@ from pathlib import Path
 from typing import Any
 
 import can
-import cantools
 from cantools.database.errors import Error as CantoolsError
 
-from agent.config import BOUNDS_PRESETS
+from agent.config import BOUNDS_PRESETS, AgentConfig
+from agent.dbc import load_dbc
 from agent.errors import ConfigError, DbcError
 from agent.service.logs import get_logger
+from agent.service.schema import suggest
 from agent.wire import predictors as predict
 from agent.wire.values import SignalSpec
 
 log = get_logger("agent.decode")
 
 ANY_CHANNEL = "*"  # a bus entry with this channel decodes frames of every channel
+MAX_LENGTH = {False: 8, True: 64}  # payload bytes a frame may carry: classic CAN, CAN FD
+CHANNEL_CHECK_FRAMES = 10_000  # after this many frames, a configured channel with none is reported
 
 # Always lossless, whatever the configured bound: these carry meaning in every bit.
 _DISCRETE_NAME = re.compile(r"(counter|checksum|crc|alive|rolling|mux)", re.IGNORECASE)
-
-
-def load_dbc(path: str | Path) -> Any:
-    """Load one DBC strictly; any failure becomes a :class:`DbcError` naming the file (and line)."""
-    try:
-        return cantools.database.load_file(str(path), strict=True)
-    except FileNotFoundError as error:
-        raise DbcError(f"{path}: no such DBC file") from error
-    except (CantoolsError, ValueError, UnicodeDecodeError) as error:
-        detail = " ".join(str(error).split())
-        raise DbcError(f"{path}: does not load: {detail}") from error
 
 
 def j1939_pgn(frame_id: int) -> int:
@@ -71,6 +71,8 @@ class DecodeStats:
     unknown: Counter[tuple[str, int]] = field(default_factory=Counter)  # (channel, id) -> count
     truncated: Counter[tuple[str, int]] = field(default_factory=Counter)
     errors: Counter[tuple[str, int]] = field(default_factory=Counter)
+    oversize: Counter[tuple[str, int]] = field(default_factory=Counter)  # longer than the protocol allows
+    channels: Counter[str] = field(default_factory=Counter)  # frames per channel
 
 
 class Decoder:
@@ -81,15 +83,26 @@ class Decoder:
         signals: Sequence[SignalSpec],
         exact: dict[tuple[str, int], _Target],
         by_pgn: dict[tuple[str, int], _Target],
+        periods: Sequence[float | None] = (),
     ) -> None:
         self.signals = tuple(signals)
+        self.periods = tuple(periods)  # per column: its message's DBC cycle time in seconds, or None
         self._exact = exact
         self._by_pgn = by_pgn
+        self.channels = frozenset(channel for channel, _ in [*exact, *by_pgn])  # configured, maybe "*"
         self.stats = DecodeStats()
+        self._silent_reported = False
 
     def decode(self, frame: can.Message) -> list[tuple[int, int | float]]:
-        self.stats.frames += 1
+        stats = self.stats
+        stats.frames += 1
         key: tuple[str, int] = (frame.channel, frame.arbitration_id)  # type: ignore[assignment]
+        stats.channels[key[0]] += 1
+        if stats.frames == CHANNEL_CHECK_FRAMES:
+            self.check_channels()
+        if len(frame.data) > MAX_LENGTH[bool(frame.is_fd)]:
+            self._oversize(frame, key)
+            return []
         target = self._exact.get(key) or self._exact.get((ANY_CHANNEL, frame.arbitration_id))
         if target is None and frame.is_extended_id and self._by_pgn:
             pgn = j1939_pgn(frame.arbitration_id)
@@ -125,6 +138,42 @@ class Decoder:
             self.stats.truncated[key] += 1
         self.stats.decoded += 1
         return [(column, values[name]) for name, column in target.columns if name in values]
+
+    def _oversize(self, frame: can.Message, key: tuple[str, int]) -> None:
+        if self.stats.oversize[key] == 0:
+            log.warning(
+                "frame_longer_than_protocol",
+                channel=key[0],
+                frame_id=hex(key[1]),
+                length=len(frame.data),
+                limit=MAX_LENGTH[bool(frame.is_fd)],
+                protocol="CAN FD" if frame.is_fd else "classic CAN",
+            )
+        self.stats.oversize[key] += 1
+
+    def silent_channels(self) -> list[str]:
+        """Configured channels that have seen no frame (none when a bus takes every channel)."""
+        if ANY_CHANNEL in self.channels:
+            return []
+        return sorted(c for c in self.channels if not self.stats.channels[c])
+
+    def unknown_channel_frames(self) -> int:
+        """Frames of channels that no bus is configured for: never sampled."""
+        if ANY_CHANNEL in self.channels:
+            return 0
+        return sum(n for channel, n in self.stats.channels.items() if channel not in self.channels)
+
+    def check_channels(self) -> str | None:
+        """A warning (logged once) when a configured channel has seen no frame while others have."""
+        silent = self.silent_channels()
+        if not silent or not self.stats.frames:
+            return None
+        seen = ", ".join(f"{c} ({n} frames)" for c, n in sorted(self.stats.channels.items()))
+        text = f"no frames on configured channel {', '.join(silent)}; the frames are on {seen}"
+        if not self._silent_reported:
+            self._silent_reported = True
+            log.warning("bus_channel_silent", channels=silent, seen=dict(self.stats.channels))
+        return text
 
 
 def _is_discrete(signal: Any) -> bool:
@@ -172,6 +221,16 @@ def _spec(message: Any, signal: Any, bound: float, turn: float, predictor: str, 
     )
 
 
+def decoder_for(config: AgentConfig) -> Decoder:
+    """The decoder of an agent config: every bus's DBCs loaded, every configured signal resolved."""
+    buses = [
+        (bus.channel, bus.dbc, "auto" if bus.j1939 is None else str(bus.j1939).lower())
+        for bus in config.buses
+    ]
+    s = config.sampling
+    return build_decoder(buses, s.signals, dict(s.bounds), s.predictor, dict(s.angles), s.bounds_preset)
+
+
 def build_decoder(
     buses: Iterable[tuple[str, Sequence[str | Path], str]],
     wanted: Sequence[str] = (),
@@ -198,10 +257,12 @@ def build_decoder(
     angles = {**BOUNDS_PRESETS[preset].angles, **explicit_angles}
     available: dict[str, tuple[str, Any, Any]] = {}  # name -> (channel, message, signal)
     modes: dict[str, str] = {}
+    origin: dict[int, str] = {}  # id(message) -> its DBC file
     for channel, dbc_paths, j1939 in buses:
         modes[channel] = j1939
         for path in dbc_paths:
             for message in load_dbc(path).messages:
+                origin[id(message)] = str(path)
                 for signal in message.signals:
                     name = f"{message.name}.{signal.name}"
                     if name in available and wanted and name in wanted and available[name][0] != channel:
@@ -213,14 +274,7 @@ def build_decoder(
     names = list(wanted) if wanted else sorted(available)
     missing = [n for n in names if n not in available]
     if missing:
-        import difflib
-
-        hints = [
-            f"{n} (did you mean {' or '.join(close)}?)"
-            if (close := difflib.get_close_matches(n, available, 3))
-            else f"{n} (no similar name)"
-            for n in missing
-        ]
+        hints = [f"{n}{suggest(n, available) or ' (no similar name)'}" for n in missing]
         raise DbcError("signals not found in any DBC: " + "; ".join(hints))
     for section, given in (("bounds", explicit_bounds), ("angles", explicit_angles)):
         unknown = sorted(set(given) - set(names))
@@ -238,5 +292,16 @@ def build_decoder(
         use_pgn = modes[channel] == "true" or (modes[channel] == "auto" and message.protocol == "j1939")
         table, key = (by_pgn, j1939_pgn(message.frame_id)) if use_pgn else (exact, message.frame_id)
         target = table.setdefault((channel, key), _Target(message, []))
+        if target.message is not message:
+            other = target.message
+            raise DbcError(
+                f"{'PGN' if use_pgn else 'frame id'} {key:#x} on {channel} is both {other.name} "
+                f"({origin[id(other)]}) and {message.name} ({origin[id(message)]}): a frame cannot be "
+                "told apart; sample signals of one of them only, or remove one"
+            )
         target.columns.append((signal.name, column))
-    return Decoder(specs, exact, by_pgn)
+    periods = [
+        None if not message.cycle_time else message.cycle_time / 1000
+        for _, message, _ in (available[name] for name in names)
+    ]
+    return Decoder(specs, exact, by_pgn, periods)

@@ -5,8 +5,16 @@ Contract
   python-can's own readers (candump .log, .asc, .blf, .csv, .trc, .mf4; ``.gz`` too) and yields frames
   with ``channel`` as a string. A malformed line is skipped, counted and logged with its file and line
   (candump logs resume after it; other formats stop there, because their readers keep header state).
+  A text line longer than ``MAX_LINE_CHARS`` (no frame is) is skipped the same way in every text
+  format, without being held in memory whole. Payloads longer than their protocol allows are the
+  decoder's to count (:mod:`agent.decode`).
 - :func:`paced` sleeps so that frames come out at ``speed`` times the log's own rate (``None`` = as fast as
-  possible). Timestamps are never rewritten: the sampler runs on the log's clock.
+  possible). Timestamps are never rewritten: the sampler runs on the log's clock (and handles its jumps,
+  see :mod:`agent.sample`). Pacing never waits out more than ``MAX_PACED_GAP_S`` of log time, and a
+  jump back restarts it: a day's silence, or a second drive appended to a first, does not stall or rush
+  the replay.
+- :func:`bus_frames` re-stamps live frames on a :class:`agent.clock.LiveClock` (the process's shared
+  one by default), so that a wall-clock step never reorders or merges samples.
 - :class:`FrameFeed` is the bounded queue between a reader thread and the pipeline thread. ``put``
   blocks when the pipeline is behind (replay loses nothing; a live bus then backs up into the kernel's
   socket buffer, where drops are counted by the kernel), ``get`` blocks until frames or the end arrive.
@@ -18,13 +26,14 @@ import gzip
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import can
 
+from agent import clock
 from agent.errors import LogFormatError, SourceError
 from agent.service.logs import get_logger
 
@@ -38,22 +47,38 @@ TEXT_READERS: dict[str, Any] = {
 }
 BINARY_READERS: dict[str, Any] = {".blf": can.BLFReader, ".mf4": can.MF4Reader}
 RESUMABLE = {".log"}  # readers that keep no state across lines
+MAX_LINE_CHARS = 4096  # a text line of a CAN log longer than this is no frame (CAN FD in .asc: < 400)
+MAX_PACED_GAP_S = 10.0  # pacing waits out at most this much log time between two frames
 
 
 class _CountingLines:
-    """A text file that counts the lines a reader has taken, so errors can name the line."""
+    """A text file that counts the lines a reader has taken, so errors can name the line.
 
-    def __init__(self, handle: Any) -> None:
+    A line longer than ``MAX_LINE_CHARS`` is read in pieces, reported to ``too_long(line, length)`` and
+    not handed to the reader.
+    """
+
+    def __init__(self, handle: Any, too_long: Callable[[int, int], None]) -> None:
         self.handle = handle
         self.line = 0
+        self.too_long = too_long
 
     def __iter__(self) -> _CountingLines:
         return self
 
     def __next__(self) -> str:
-        text: str = next(self.handle)
-        self.line += 1
-        return text
+        while True:
+            text: str = self.handle.readline(MAX_LINE_CHARS + 1)
+            if not text:
+                raise StopIteration
+            self.line += 1
+            if len(text) <= MAX_LINE_CHARS or text.endswith("\n"):
+                return text
+            length = len(text)
+            while text and not text.endswith("\n"):
+                text = self.handle.readline(1 << 16)
+                length += len(text)
+            self.too_long(self.line, length)
 
     def readline(self, *args: Any) -> str:
         self.line += 1
@@ -99,7 +124,13 @@ def read_log(path: str | Path, stats: LogStats | None = None) -> Iterator[can.Me
         if suffix in BINARY_READERS:
             yield from _read_binary(path, BINARY_READERS[suffix], handle, stats)
             return
-        lines = _CountingLines(handle)
+
+        def too_long(line: int, length: int) -> None:
+            _bad_line(
+                stats, f"{path}:{line}: a line of {length} characters, longer than any CAN frame: skipped"
+            )
+
+        lines = _CountingLines(handle, too_long)
         while True:
             try:
                 for frame in TEXT_READERS[suffix](lines):
@@ -147,12 +178,14 @@ def paced(frames: Iterable[can.Message], speed: float | None, stop: threading.Ev
     if speed is None:
         yield from frames
         return
-    start_wall = log_start = None
+    start_wall = log_start = previous = None
     for frame in frames:
-        if start_wall is None:
-            start_wall, log_start = time.monotonic(), frame.timestamp
-        assert log_start is not None
-        delay = start_wall + (frame.timestamp - log_start) / speed - time.monotonic()
+        stamp = frame.timestamp
+        if previous is None or not -1.0 < stamp - previous <= MAX_PACED_GAP_S:
+            start_wall, log_start = time.monotonic(), stamp  # the start, a long silence, a jump back
+        previous = stamp
+        assert start_wall is not None and log_start is not None
+        delay = start_wall + (stamp - log_start) / speed - time.monotonic()
         if delay > 0.002 and stop.wait(delay):
             return
         yield frame
@@ -216,8 +249,12 @@ def open_bus(interface: str, channel: str, bitrate: int | None) -> can.BusABC:
         raise SourceError(f"cannot open CAN bus {interface}:{channel}: {error}") from error
 
 
-def bus_frames(bus: can.BusABC, channel: str, stop: threading.Event) -> Iterator[can.Message | None]:
-    """Frames from a live bus, named ``channel``; ``None`` on every quiet 50 ms. Runs on a reader thread."""
+def bus_frames(
+    bus: can.BusABC, channel: str, stop: threading.Event, live_clock: clock.LiveClock | None = None
+) -> Iterator[can.Message | None]:
+    """Frames from a live bus, named ``channel`` and stamped on ``live_clock`` (default: the process's
+    shared one); ``None`` on every quiet 50 ms. Runs on a reader thread."""
+    stamp = (live_clock or clock.SHARED).stamp
     while not stop.is_set():
         try:
             frame = bus.recv(timeout=0.05)
@@ -229,4 +266,5 @@ def bus_frames(bus: can.BusABC, channel: str, stop: threading.Event) -> Iterator
             yield None
             continue
         frame.channel = channel
+        frame.timestamp = stamp(frame.timestamp)
         yield frame

@@ -1,13 +1,20 @@
 """What the agent reports about itself: `edge-agent status`, systemd's STATUS= line, the retained MQTT status.
 
-Contract: :class:`StatusReport` is an immutable snapshot built by the supervisor (main thread) about once
-a second. :func:`write_status_file` replaces the file atomically (write, fsync, rename), so a reader in
-another process (``edge-agent status``) sees either the old or the new report, never half of one.
-:class:`DrainRate` belongs to the uploader thread.
+Contract (who owns what, across threads)
+- :class:`StatusReport` is an immutable snapshot built by the supervisor (main thread) about once a
+  second. :func:`write_status_file` replaces the file atomically (write, rename), so a reader in another
+  process (``edge-agent status``) sees either the old or the new report, never half of one.
+- :class:`DrainRate` is mutable and belongs to one thread, the uploader's, which alone calls its
+  methods. Other threads never touch it: they read the rate from :class:`UploadStatus`, the immutable
+  snapshot that the uploader's thread publishes under a lock (``Uploader.status()``), and turn it into
+  a time to drain with :func:`drain_eta`.
+- :class:`UploadCounters` is the uploader thread's mutable tally; every other thread gets a copy inside
+  an :class:`UploadStatus`.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import time
@@ -21,6 +28,48 @@ from agent.wire import telemetry_pb2 as pb
 STALE_AFTER_S = 10.0  # a status file older than this is from a daemon that is gone
 
 
+class State(enum.Enum):
+    """The uploader's state (see :mod:`agent.upload`)."""
+
+    OFFLINE = "OFFLINE"
+    ONLINE = "ONLINE"
+    DRAINING = "DRAINING"
+    STOPPED = "STOPPED"
+
+
+@dataclass
+class UploadCounters:
+    """Running totals, written by the uploader's thread only; other threads get copies (UploadStatus)."""
+
+    batches_sent: int = 0
+    chunks_sent: int = 0
+    chunks_acked: int = 0
+    bytes_sent: int = 0
+    resends: int = 0
+    last_ack_at: float | None = None
+
+
+@dataclass(frozen=True)
+class UploadStatus:
+    """The uploader as other threads see it: built and published whole by the uploader's thread.
+
+    ``counters`` is a copy (changing it changes nothing); ``acked_samples_per_s`` is the recent ack rate
+    (:meth:`DrainRate.per_second` when the snapshot was taken), ``None`` until there is one.
+    """
+
+    state: State
+    counters: UploadCounters
+    acked_samples_per_s: float | None
+
+
+def drain_eta(backlog_samples: int, samples_per_s: float | None) -> float | None:
+    """Seconds until ``backlog_samples`` are acked at ``samples_per_s``: 0 when nothing is left,
+    ``None`` without a rate (no estimate rather than a guess)."""
+    if backlog_samples == 0:
+        return 0.0
+    return None if not samples_per_s else backlog_samples / samples_per_s
+
+
 @dataclass(frozen=True)
 class StatusReport:
     vin: str
@@ -32,7 +81,6 @@ class StatusReport:
     last_ack_at: float | None
     dropped_chunks: int
     dropped_samples: int
-    degraded_chunks: int
     drain_eta_s: float | None
     pid: int
     boot_id: str
@@ -54,7 +102,6 @@ class StatusReport:
             last_ack_at=stats.last_ack_at,
             dropped_chunks=stats.dropped_chunks,
             dropped_samples=stats.dropped_samples,
-            degraded_chunks=stats.degraded_chunks,
             drain_eta_s=eta,
             pid=pid,
             boot_id=boot_id,
@@ -134,7 +181,10 @@ def read_status_file(path: Path) -> StatusReport | None:
 
 
 class DrainRate:
-    """Samples acked per second over the last ``window_s``: the basis of the time-to-drain estimate."""
+    """Samples acked per second over the last ``window_s``: the basis of the time-to-drain estimate.
+
+    Mutable, not thread-safe: one thread (the uploader's) owns it; see the module's contract.
+    """
 
     def __init__(self, window_s: float = 15.0) -> None:
         self.window_s = window_s
@@ -154,7 +204,4 @@ class DrainRate:
         return sum(count for _, count in self._events) / span
 
     def eta(self, backlog_samples: int, now: float) -> float | None:
-        rate = self.per_second(now)
-        if backlog_samples == 0:
-            return 0.0
-        return None if not rate else backlog_samples / rate
+        return drain_eta(backlog_samples, self.per_second(now))

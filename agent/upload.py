@@ -1,8 +1,11 @@
 """Upload stage: the online/offline state machine that drains the buffer oldest-first over MQTT.
 
 Contract
-- Runs on its own thread (:meth:`Uploader.run`) with its own buffer connection; paho's network thread
-  only posts events (connected, disconnected, ack) into a queue, so every decision happens on one thread.
+- Runs on its own thread as a :class:`agent.stage.Stage` ("uploader") with its own buffer connection;
+  paho's network thread only posts events (connected, disconnected, ack) into a queue, so every decision
+  happens on one thread. Each turn waits at most ``IDLE_WAIT_S`` for work (the heartbeat's declared
+  period); an unexpected error is logged as ``stage_failed`` and stops the agent.
+- Takes its configuration as it was read: :class:`agent.config.UploadConfig` and the ``mqtt`` section.
 - Publishes whole chunks, oldest first, as batches at QoS 1 on ``{prefix}/{vin}/telemetry``, keeping at
   most ``max_inflight_batches`` unacked, so the broker's per-subscriber queue never overflows. During a
   drain batches grow up to ``max_batch_bytes`` (and never past the broker's Maximum Packet Size).
@@ -13,16 +16,19 @@ Contract
 - Eviction notices ride along in batches until a batch that carried them is acked.
 - States: OFFLINE (no broker), ONLINE (connected, backlog small), DRAINING (connected, working off a
   backlog). Every transition is logged once, with its reason and the backlog.
+- What other threads see: :meth:`Uploader.status`, an immutable :class:`UploadStatus` (state, a copy of
+  the counters, the ack rate; defined in :mod:`agent.status`) that the uploader's thread publishes
+  under a lock after every turn and every transition. Everything else (``state``, the in-flight window, the :class:`DrainRate`) belongs
+  to the uploader's thread; :meth:`Uploader.publish_status` is the one call other threads make.
 """
 
 from __future__ import annotations
 
-import enum
 import queue
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,30 +36,18 @@ import paho.mqtt.client as paho
 
 from agent import wire
 from agent.buffer import Buffer, StoredChunk
+from agent.config import UploadConfig
 from agent.errors import StorageError, WireError
 from agent.service import mqtt
 from agent.service.logs import get_logger
-from agent.status import DrainRate
+from agent.stage import Stage
+from agent.status import DrainRate, State, UploadCounters, UploadStatus
 from agent.wire.values import ChunkId
 
 DRAIN_THRESHOLD_CHUNKS = 5  # more unsent chunks than this after a batch means we are draining
+IDLE_WAIT_S = 0.5  # the longest wait for work (a commit, a broker event): the heartbeat's period
 
-
-class State(enum.Enum):
-    OFFLINE = "OFFLINE"
-    ONLINE = "ONLINE"
-    DRAINING = "DRAINING"
-    STOPPED = "STOPPED"
-
-
-@dataclass
-class UploadCounters:
-    batches_sent: int = 0
-    chunks_sent: int = 0
-    chunks_acked: int = 0
-    bytes_sent: int = 0
-    resends: int = 0
-    last_ack_at: float | None = None
+__all__ = ["IDLE_WAIT_S", "State", "UploadCounters", "UploadStatus", "Uploader"]
 
 
 @dataclass
@@ -63,54 +57,60 @@ class _InFlight:
     sent_at: float
 
 
-@dataclass
-class UploadSettings:
-    vin: str
-    prefix: str
-    client_id: str
-    max_inflight_batches: int = 8
-    max_batch_bytes: int = 256 * 1024
-    ack_timeout_s: float = 15.0
-    max_bytes_per_s: float = 0.0  # 0 = no bandwidth cap
-    compression: str = "zstd"
-    counters: UploadCounters = field(default_factory=UploadCounters)
-
-
-class Uploader:
+class Uploader(Stage):
     def __init__(
         self,
-        settings: UploadSettings,
-        mqtt_settings: mqtt.MqttSettings,
+        vin: str,
+        config: UploadConfig,
+        mqtt_config: mqtt.MqttConfig,
         buffer_path: Path,
         wake: threading.Event,
     ) -> None:
-        self.settings = settings
-        self.counters = settings.counters
-        self.mqtt_settings = mqtt_settings
+        super().__init__("uploader", IDLE_WAIT_S, get_logger("agent.upload", vin=vin))
+        self.vin = vin
+        self.config = config
+        self.mqtt_config = mqtt_config
         self.buffer_path = buffer_path
-        self.wake = wake  # set by the pipeline after each commit
-        self.stop_event = threading.Event()
-        self.state = State.OFFLINE
-        self.alive_at = time.monotonic()
-        self.drain_rate = DrainRate()
-        self.log = get_logger("agent.upload", vin=settings.vin)
+        self.wake = wake  # set by the pipeline after each commit, and by paho's thread on an event
+        self.state = State.OFFLINE  # the uploader's thread's; others read status().state
+        self.drain_rate = DrainRate()  # the uploader's thread's; others read status()
+        self._counters = UploadCounters()
+        self._status_lock = threading.Lock()
+        self._status = UploadStatus(self.state, UploadCounters(), None)
+        self._buffer: Buffer | None = None  # the uploader's thread's own connection (open() to close())
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._inflight: dict[int, _InFlight] = {}  # keyed by the batch's last buffer row
         self._cursor = 0  # last buffer row handed to the broker since the last reset
         self._packet_limit = 0  # the broker's Maximum Packet Size, 0 = none announced
         self._tokens, self._tokens_at = 0.0, time.monotonic()
-        base = f"{settings.prefix}/{settings.vin}"
+        base = f"{mqtt_config.prefix}/{vin}"
         self.telemetry_topic, self.ack_topic, self.status_topic = (
             f"{base}/telemetry",
             f"{base}/ack",
             f"{base}/status",
         )
-        self.client = mqtt.make_client(mqtt_settings, settings.client_id, persistent=True)
-        self.client.will_set(self.status_topic, mqtt.offline_status(settings.vin), qos=1, retain=True)
+        client_id = mqtt_config.client_id or f"edge-agent-{vin}"
+        self.client = mqtt.make_client(mqtt_config, client_id, persistent=True)
+        self.client.will_set(self.status_topic, mqtt.offline_status(vin), qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        self.thread = threading.Thread(target=self.run, name="uploader", daemon=True)
+
+    # --- any thread ---------------------------------------------------------------------------------
+    def status(self) -> UploadStatus:
+        """The last snapshot the uploader's thread published (thread-safe, never blocks for long)."""
+        with self._status_lock:
+            return self._status
+
+    @property
+    def counters(self) -> UploadCounters:
+        """A copy of the running totals, as of the last snapshot (see :meth:`status`)."""
+        return self.status().counters
+
+    def publish_status(self, payload: bytes) -> None:
+        """Retained status for dashboards (thread-safe: paho queues it)."""
+        if self.status().state is not State.OFFLINE:
+            self.client.publish(self.status_topic, payload, qos=1, retain=True)
 
     # --- paho's thread: post events only -----------------------------------------------------------
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, properties: Any) -> None:
@@ -131,40 +131,61 @@ class Uploader:
         self._events.put(("ack", message.payload))
         self.wake.set()
 
-    # --- the uploader's thread ----------------------------------------------------------------------
+    # --- the owner's thread -------------------------------------------------------------------------
     def start(self) -> None:
-        mqtt.connect(self.client, self.mqtt_settings, persistent=True)
-        self.thread.start()
+        """Start connecting (paho's thread, in the background), then the uploader's thread."""
+        mqtt.connect(self.client, self.mqtt_config, persistent=True)
+        super().start()
 
     def stop(self, timeout: float = 3.0) -> None:
-        self.stop_event.set()
-        self.wake.set()
-        self.thread.join(timeout)
+        """Stop the uploader's thread (waiting up to ``timeout``), then disconnect from the broker."""
+        self.request_stop()
+        self.join(timeout)
         self.client.disconnect()
         self.client.loop_stop()
 
-    def publish_status(self, payload: bytes) -> None:
-        """Retained status for dashboards (thread-safe: paho queues it)."""
-        if self.state is not State.OFFLINE:
-            self.client.publish(self.status_topic, payload, qos=1, retain=True)
+    def interrupt(self) -> None:
+        """Cut the uploader's wait short (any thread)."""
+        self.wake.set()
 
-    def run(self) -> None:
-        buffer = Buffer(self.buffer_path)
+    # --- the stage's hooks, on the uploader's thread ------------------------------------------------
+    def open(self) -> None:
+        self._buffer = Buffer(self.buffer_path)
+
+    def run_once(self) -> bool:
+        """Wait for work (at most ``IDLE_WAIT_S``), apply broker events, then fill the window."""
+        assert self._buffer is not None
+        self.wake.wait(IDLE_WAIT_S)
+        self.wake.clear()
+        self._drain_events(self._buffer)
+        if self.state is not State.OFFLINE:
+            self._expire(time.monotonic())
+            while len(self._inflight) < self.config.max_inflight_batches and self._send_one(self._buffer):
+                self.heartbeat.beat()
+        self._publish()
+        return True
+
+    def finish(self, stopped: bool) -> None:
+        assert self._buffer is not None
+        self._drain_events(self._buffer)
+
+    def close(self) -> None:
+        if self._buffer is None:
+            return
         try:
-            while not self.stop_event.is_set():
-                self.alive_at = time.monotonic()
-                self.wake.wait(0.5)
-                self.wake.clear()
-                self._drain_events(buffer)
-                if self.state is State.OFFLINE:
-                    continue
-                self._expire(time.monotonic())
-                while len(self._inflight) < self.settings.max_inflight_batches and self._send_one(buffer):
-                    self.alive_at = time.monotonic()
-            self._drain_events(buffer)
+            self._transition(State.STOPPED, "shutdown", self._buffer)
         finally:
-            self._transition(State.STOPPED, "shutdown", buffer)
-            buffer.close()
+            self._buffer.close()
+            self._buffer = None
+            self._publish()  # the final figures, for the owner once the thread has ended
+
+    def _publish(self) -> None:
+        """Publish what other threads may see (:meth:`status`)."""
+        snapshot = UploadStatus(
+            self.state, replace(self._counters), self.drain_rate.per_second(time.monotonic())
+        )
+        with self._status_lock:
+            self._status = snapshot
 
     def _drain_events(self, buffer: Buffer) -> None:
         while True:
@@ -188,7 +209,7 @@ class Uploader:
         except WireError as error:
             self.log.error("ack_rejected", reason=str(error), size=len(payload))
             return
-        if vin != self.settings.vin:
+        if vin != self.vin:
             self.log.error("ack_rejected", reason=f"ack names vin {vin!r}", size=len(payload))
             return
         acked = {ChunkId(boot, seq) for boot, first, last in ranges for seq in range(first, last + 1)}
@@ -199,8 +220,8 @@ class Uploader:
         except StorageError as error:
             self.log.error("ack_not_applied", reason=str(error))
             return
-        self.counters.chunks_acked += deleted
-        self.counters.last_ack_at = time.time()
+        self._counters.chunks_acked += deleted
+        self._counters.last_ack_at = time.time()
         self.drain_rate.add(sum(self._inflight[key].samples for key in done), time.monotonic())
         for key in done:
             del self._inflight[key]
@@ -210,18 +231,18 @@ class Uploader:
     def _reset(self) -> None:
         """Forget what is in flight: it will be sent again, oldest first."""
         if self._inflight:
-            self.counters.resends += 1
+            self._counters.resends += 1
         self._inflight.clear()
         self._cursor = 0
 
     def _expire(self, now: float) -> None:
-        late = [b for b in self._inflight.values() if now - b.sent_at > self.settings.ack_timeout_s]
+        late = [b for b in self._inflight.values() if now - b.sent_at > self.config.ack_timeout_s]
         if late:
-            self.log.warning("ack_timeout", batches=len(late), timeout_s=self.settings.ack_timeout_s)
+            self.log.warning("ack_timeout", batches=len(late), timeout_s=self.config.ack_timeout_s)
             self._reset()
 
     def _bandwidth_allows(self, size: int) -> bool:
-        rate = self.settings.max_bytes_per_s
+        rate = self.config.max_bytes_per_s
         if rate <= 0:
             return True
         now = time.monotonic()
@@ -238,17 +259,12 @@ class Uploader:
         schema = buffer.schema(chunks[0].schema_id)
         evicted = [(boot, first, last) for _, boot, first, last in notices]
         return wire.encode_batch(
-            self.settings.vin,
-            schema,
-            [c.payload for c in chunks],
-            evicted,
-            time.time(),
-            self.settings.compression,
+            self.vin, schema, [c.payload for c in chunks], evicted, time.time(), self.config.compression
         )
 
     def _send_one(self, buffer: Buffer) -> bool:
         try:
-            chunks = buffer.oldest(self._cursor, self.settings.max_batch_bytes)
+            chunks = buffer.oldest(self._cursor, self.config.max_batch_bytes)
             notices = buffer.notices() if chunks else []
         except StorageError as error:
             self.log.error("buffer_read_failed", reason=str(error))
@@ -274,9 +290,9 @@ class Uploader:
             sum(c.sample_count for c in chunks),
             time.monotonic(),
         )
-        self.counters.batches_sent += 1
-        self.counters.chunks_sent += len(chunks)
-        self.counters.bytes_sent += len(payload)
+        self._counters.batches_sent += 1
+        self._counters.chunks_sent += len(chunks)
+        self._counters.bytes_sent += len(payload)
         if self.state is State.ONLINE and len(
             buffer.oldest(self._cursor, 1 << 30, DRAIN_THRESHOLD_CHUNKS + 1)
         ) > (DRAIN_THRESHOLD_CHUNKS):
@@ -296,13 +312,13 @@ class Uploader:
             return False
         evicted = [(boot, first, last) for _, boot, first, last in notices]
         payload = wire.encode_batch(
-            self.settings.vin, buffer.schema(schema_id), [], evicted, time.time(), self.settings.compression
+            self.vin, buffer.schema(schema_id), [], evicted, time.time(), self.config.compression
         )
         if self.client.publish(self.telemetry_topic, payload, qos=1).rc != paho.MQTT_ERR_SUCCESS:
             return False
         self._inflight[-1] = _InFlight(set(), 0, time.monotonic())
-        self.counters.batches_sent += 1
-        self.counters.bytes_sent += len(payload)
+        self._counters.batches_sent += 1
+        self._counters.bytes_sent += len(payload)
         return False
 
     def _transition(self, new: State, reason: str, buffer: Buffer) -> None:
@@ -318,3 +334,4 @@ class Uploader:
             backlog_samples=stats.samples,
         )
         self.state = new
+        self._publish()

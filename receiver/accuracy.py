@@ -6,21 +6,25 @@ them, and ``edge-receiver export`` prints what the receiver reconstructed, in th
 signal of the export, the largest ``|received - truth|`` beside its bound ε (modulo the turn for a signal
 configured as an angle), where it happened, and any tick or value that is in one and not the other.
 
+Bounds are what the agent declared on the wire: :func:`declared_bounds` turns the coding the store keeps
+for each signal (:meth:`receiver.store.Store.declared`: its bound and an angle's period, in raw units) into
+the signal's unit, so the receiver needs nothing of the agent's configuration; ``--bound`` and ``--angle``
+of ``edge-receiver accuracy`` (:mod:`receiver.commands.accuracy`) override them.
+
 Contract: pure functions over iterables of lines; nothing is held but the current line of each side, so
-a day of data compares in constant memory. :func:`run` is the ``edge-receiver accuracy`` command
-(register :func:`add_arguments` on a subparser); it exits 0 when every signal is within its bound and
-nothing is missing, 1 otherwise. Bounds come from the agent's config (``--config``) and/or ``--bound``.
+a day of data compares in constant memory. Any thread; the caller owns the lines and closes their files.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, WireError
+from agent.wire.predictors import Coding
+from agent.wire.values import SignalSpec
 
 TOLERANCE = 1e-9  # relative slack for float rounding: 0.1 * 5 is 0.5000000000000001 in binary
 
@@ -152,21 +156,28 @@ def format_report(report: AccuracyReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bounds_from_config(path: Path, names: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
-    """(bounds, angles) of ``names`` as the agent's config at ``path`` sets them (preset included)."""
-    from agent.config import load_agent_config
-
-    sampling = load_agent_config(path).sampling
-    bounds = {name: sampling.bound(name) for name in names if sampling.bound(name)}
-    angles = {name: sampling.angle(name) for name in names if sampling.angle(name)}
+def declared_bounds(specs: Iterable[SignalSpec]) -> tuple[dict[str, float], dict[str, float]]:
+    """(bounds, angles) in each signal's unit as its agent coded it: ``bound_raw * |scale|`` and, for an
+    angle, its period times ``|scale|``; a lossless signal (or a float one) is in neither."""
+    bounds, angles = {}, {}
+    for spec in specs:
+        try:
+            period = Coding.parse(spec.predictor).period
+        except ValueError as error:
+            raise WireError(f"{spec.name}: the coding its agent declared does not parse: {error}") from error
+        if spec.bound_raw:
+            bounds[spec.name] = spec.bound_raw * abs(spec.scale)
+        if period:
+            angles[spec.name] = period * abs(spec.scale)
     return bounds, angles
 
 
-def _pair(text: str, option: str) -> tuple[str, float]:
+def parse_pair(text: str, option: str) -> tuple[str, float]:
+    """``MESSAGE.SIGNAL=NUMBER`` of ``--bound`` or ``--angle``; :class:`ConfigError` naming ``option``."""
     name, sep, value = text.partition("=")
     try:
         if not sep or not name:
             raise ValueError
         return name, float(value)
-    except ValueError:
-        raise ConfigError(f"{option} {text!r}: expected MESSAGE.SIGNAL=NUMBER") from None
+    except ValueError as error:
+        raise ConfigError(f"{option} {text!r}: expected MESSAGE.SIGNAL=NUMBER") from error

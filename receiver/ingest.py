@@ -16,6 +16,11 @@ Contract
   agent resends); the service keeps running either way.
 - The receiver owns its :class:`~receiver.store.Store` (opened by ``start``, closed by ``stop``) and the
   counters; a message's payload is not kept after its callback returns.
+- Supervision (:meth:`Receiver.run_forever`): the main thread beats the ``ingest`` heartbeat each time it
+  can take the message lock, i.e. when no handler is stuck in the store; its declared period is one
+  turn of that loop (``SUPERVISE_EVERY_S`` + ``LOCK_WAIT_S``), so the watchdog's threshold follows it.
+  This is not an :class:`agent.stage.Stage`: paho's thread does the work and a message that fails is
+  logged, counted and not acked (``message_failed``), while the service goes on with the next one.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,11 +39,13 @@ from agent import wire
 from agent.errors import StorageError, WireError
 from agent.service import mqtt
 from agent.service.logs import get_logger
-from agent.service.supervise import Supervisor
+from agent.service.supervise import Heartbeat, Supervisor
 from receiver.config import ReceiverConfig
 from receiver.store import RateConflictError, Store
 
 _instances = itertools.count(1)
+SUPERVISE_EVERY_S = 1.0  # one turn of the supervisor's loop: watchdog, STATUS=
+LOCK_WAIT_S = 0.5  # how long the supervisor waits for the message lock before it skips a beat
 
 
 @dataclass
@@ -136,12 +142,12 @@ class Receiver:
         try:
             self.start()
             supervisor.ready(self.status_line())
-            alive_at = time.monotonic()
-            while not self._stop_requested.wait(1.0):
-                if self._lock.acquire(timeout=0.5):  # held for long: a handler is stuck in the store
+            ingest = Heartbeat(SUPERVISE_EVERY_S + LOCK_WAIT_S)
+            while not self._stop_requested.wait(SUPERVISE_EVERY_S):
+                if self._lock.acquire(timeout=LOCK_WAIT_S):  # held for long: a handler is stuck
                     self._lock.release()
-                    alive_at = time.monotonic()
-                supervisor.tick({"ingest": alive_at})
+                    ingest.beat()
+                supervisor.tick({"ingest": ingest})
                 supervisor.status(self.status_line())
         finally:
             supervisor.stopping()
@@ -176,6 +182,7 @@ class Receiver:
             self.log.error("subscribe_refused", subscription=self.subscription, reasons=reasons)
             return
         self._subscribed.set()
+        self.log.info("subscribed", subscription=self.subscription)
 
     def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _p: Any) -> None:
         self._subscribed.clear()

@@ -1,42 +1,33 @@
-"""The store's layout on disk: its tables (:data:`DDL`), the statements that read them by tick range, and
-the codec of a chunk's column of one signal.
+"""The store's layout on disk: its tables (:data:`DDL`) and how an older file is upgraded, the statements
+that write and read them, a signal's declared coding as a row, and a chunk's ticks as stored.
 
-Contract
-- Pure functions and immutable coders, no I/O, no shared state: safe from any thread.
-- Physical values are exactly :meth:`agent.wire.values.SignalSpec.to_physical` of the raw ones: the fast paths
-  compute the same expression on a whole column (``int(raw) * int(scale) + int(offset)`` for
-  integer-scaled signals, ``raw * scale + offset`` otherwise) and fall back to ``to_physical`` value by
-  value whenever a column has an absent value, a float where ints were expected, or an int past 64 bits.
-- :func:`decode` returns what :meth:`ColumnCoder.encode` was given, converted: the same types (ints stay
-  ints, floats stay floats, ``3.0`` is not ``3``), NaN and ``-0.0`` included, ``None`` where absent.
+Contract: pure constants and functions, no I/O, no shared state: safe from any thread. :mod:`receiver.store`
+runs the statements and says what the tables guarantee; :mod:`receiver.column` codes a column's values.
 
-Tables (version :data:`SCHEMA_VERSION`; :mod:`receiver.store` says what they guarantee)
-- ``vins``: rate and ``max_span``; ``signals``: an id per (vin, name); ``gaps``: eviction notices.
+Tables (version :data:`SCHEMA_VERSION`)
+- ``vins``: rate and ``max_span``; ``gaps``: eviction notices.
+- ``signals``: an id per (vin, name), and the coding its agent declared on the wire in the latest batch
+  that named it (the fields of :class:`~agent.wire.values.SignalSpec`: scale, offset, float or not,
+  integer-scaled or not, the error bound in raw units, the predictor with an angle's period); ``NULL``
+  in a store of version 2 until a batch declares it (:data:`UPGRADES` adds the columns).
 - ``chunks``: one row per chunk, keyed by (vin, boot_id, seq), ``id`` in storage order; its ticks are
   ``first_tick..last_tick`` or, when they skip, ``ticks`` (int64 little-endian each); indexed by
   (vin, first_tick).
-- ``chunk_columns``: one row per (chunk id, signal id) that has a value in the chunk:
-  ``kind`` is :data:`INT64` (int64 little-endian), :data:`FLOAT64` (IEEE double little-endian) or
-  :data:`JSON` (a JSON array: ints past 64 bits, or a column mixing types), plus :data:`CONSTANT` when
-  ``data`` holds one value that every present tick of the chunk has (sample-and-hold makes 45 % of the
-  reference drive's 1-second columns constant). ``present`` is ``None`` when every tick of the chunk
-  has a value, else a bitmap, little-endian, bit ``i`` set when the chunk's ``i``-th tick has one.
-  ``data`` holds the present values only, in tick order.
+- ``chunk_columns``: one row per (chunk id, signal id) that has a value in the chunk: ``kind``,
+  ``present`` and ``data`` of :func:`receiver.column.ColumnCoder.encode`.
 """
 
 from __future__ import annotations
 
-import json
 import struct
-import sys
-from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from agent.errors import StorageCorruptError
-from agent.wire.values import PhysicalValue, RawValue, SignalSpec
+from agent.errors import StorageError
+from agent.wire.values import SignalSpec
+from receiver.column import INT64_RANGE
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 DDL = """
 CREATE TABLE IF NOT EXISTS vins (
@@ -53,7 +44,9 @@ CREATE TABLE IF NOT EXISTS chunks (
 );
 CREATE INDEX IF NOT EXISTS chunks_by_tick ON chunks (vin, first_tick);
 CREATE TABLE IF NOT EXISTS signals (
-    id INTEGER PRIMARY KEY, vin TEXT NOT NULL, name TEXT NOT NULL, UNIQUE (vin, name)
+    id INTEGER PRIMARY KEY, vin TEXT NOT NULL, name TEXT NOT NULL,
+    scale REAL, value_offset REAL, is_float INTEGER, integer_scaled INTEGER, bound_raw INTEGER, coding TEXT,
+    UNIQUE (vin, name)
 );
 CREATE TABLE IF NOT EXISTS chunk_columns (
     chunk_id INTEGER NOT NULL, signal_id INTEGER NOT NULL, kind INTEGER NOT NULL, present BLOB,
@@ -64,11 +57,38 @@ CREATE TABLE IF NOT EXISTS gaps (
     reason TEXT NOT NULL, recorded_at REAL NOT NULL, PRIMARY KEY (vin, boot_id, first_seq, last_seq, reason)
 ) WITHOUT ROWID;
 """
+_DECLARED_TYPES = {
+    "scale": "REAL",
+    "value_offset": "REAL",
+    "is_float": "INTEGER",
+    "integer_scaled": "INTEGER",
+}
+_DECLARED_TYPES |= {"bound_raw": "INTEGER", "coding": "TEXT"}  # the columns of a signal's declared coding
+_DECLARED = tuple(_DECLARED_TYPES)
+# From a version (the key) to the next one, in place: a writer opening an older store runs them in order.
+UPGRADES = {2: "".join(f"ALTER TABLE signals ADD COLUMN {c} {t};" for c, t in _DECLARED_TYPES.items())}
+# (vin, name, the declared coding...): a signal's id, and its coding when a batch declares another one.
+DECLARE_SIGNALS = (
+    f"INSERT INTO signals (vin, name, {', '.join(_DECLARED)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    f"ON CONFLICT (vin, name) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _DECLARED)} "
+    f"WHERE ({', '.join(_DECLARED)}) IS NOT ({', '.join(f'excluded.{c}' for c in _DECLARED)})"
+)
+SELECT_DECLARED = f"SELECT name, {', '.join(_DECLARED)} FROM signals WHERE vin = ? ORDER BY name"
 INSERT_COLUMNS = "INSERT INTO chunk_columns VALUES (?, ?, ?, ?, ?)"
 OVERLAPPING = (  # (vin, first - max_span, last, first, id): the other chunks of a vin that overlap [first, last]
     "SELECT id, first_tick, last_tick, ticks FROM chunks WHERE vin = ? AND first_tick BETWEEN ? AND ? "
     "AND last_tick >= ? AND sample_count > 0 AND id != ?"
 )
+
+STATS_TOTALS = (
+    "SELECT vin, count(*), sum(sample_count), sum(values_stored), sum(overlaps) FROM chunks GROUP BY vin"
+)
+STATS_RUNS = (  # runs of consecutive stored seqs, per boot
+    "SELECT vin, boot_id, min(seq), max(seq) FROM (SELECT vin, boot_id, seq, "
+    "seq - row_number() OVER (PARTITION BY vin, boot_id ORDER BY seq) AS run FROM chunks) "
+    "GROUP BY vin, boot_id, run"
+)
+STATS_EVICTED = "SELECT vin, boot_id, first_seq, last_seq FROM gaps WHERE reason = 'evicted'"
 
 
 def range_query(signals: int) -> str:
@@ -85,12 +105,27 @@ def range_query(signals: int) -> str:
     )
 
 
-INT64, FLOAT64, JSON, CONSTANT = 0, 1, 2, 4
-INT64_RANGE = (-(2**63), 2**63 - 1)
-_SWAP = sys.byteorder != "little"  # the file is little-endian on every machine
-_LONG, _DOUBLE = struct.Struct("<q").pack, struct.Struct("<d").pack
+def upgrades(path: str, version: int, *, readonly: bool) -> list[str]:
+    """What brings the store at ``path``, of schema ``version``, to :data:`SCHEMA_VERSION`: nothing for a
+    new file (0) or a current one. Raises :class:`StorageError` for a file the store cannot open."""
+    if version not in (0, *UPGRADES, SCHEMA_VERSION) or (readonly and version == 0):
+        older = " (version 1 stored a row per value: re-ingest into a new store)" if version == 1 else ""
+        raise StorageError(f"{path} is not a receiver store of version {SCHEMA_VERSION}{older}")
+    return [UPGRADES[old] for old in range(version, SCHEMA_VERSION)] if version else []
 
-Encoded = tuple[int, bytes | None, bytes, int]  # kind, presence bitmap, data, number of values
+
+def declared(vin: str, spec: SignalSpec) -> tuple[object, ...]:
+    """The parameters of :data:`DECLARE_SIGNALS` for one signal of a batch's schema."""
+    coding = (spec.scale, spec.offset, int(spec.is_float), int(spec.integer_scaled), spec.bound_raw)
+    return (vin, spec.name, *coding, spec.predictor)
+
+
+def spec_of(row: Sequence[Any]) -> SignalSpec | None:
+    """The :class:`SignalSpec` of a row of :data:`SELECT_DECLARED`, or ``None`` if none was declared."""
+    name, scale, offset, is_float, integer_scaled, bound_raw, coding = row
+    if coding is None:
+        return None
+    return SignalSpec(name, scale, offset, bool(is_float), bool(integer_scaled), bound_raw, coding)
 
 
 # --- ticks ---------------------------------------------------------------------------------------------
@@ -117,147 +152,3 @@ def chunk_ticks(first: int, last: int, packed: bytes | None) -> Sequence[int]:
     if packed is None:
         return range(first, last + 1)
     return struct.unpack(f"<{len(packed) // 8}q", packed)
-
-
-# --- values --------------------------------------------------------------------------------------------
-
-
-def _pack(typecode: str, values: Sequence[PhysicalValue] | Iterator[PhysicalValue]) -> bytes:
-    packed = array(typecode, values)  # TypeError for a wrong type, OverflowError past int64
-    if _SWAP:  # pragma: no cover - big-endian machines
-        packed.byteswap()
-    return packed.tobytes()
-
-
-def _unpack(kind: int, data: bytes) -> list[Any]:
-    if kind == JSON:
-        values = json.loads(data)
-        if not isinstance(values, list) or not all(isinstance(v, int | float) for v in values):
-            raise ValueError("not a list of numbers")
-        return values
-    if kind not in (INT64, FLOAT64) or len(data) % 8:
-        raise ValueError(f"kind {kind} with {len(data)} bytes")
-    packed: array[Any] = array("q" if kind == INT64 else "d", data)
-    if _SWAP:  # pragma: no cover - big-endian machines
-        packed.byteswap()
-    return packed.tolist()
-
-
-def _typed(values: list[PhysicalValue]) -> tuple[int, bytes]:
-    if all(type(v) is int for v in values):
-        try:
-            return INT64, _pack("q", values)
-        except OverflowError:  # an int past 64 bits: rare, kept exact as JSON
-            pass
-    elif all(type(v) is float for v in values):
-        return FLOAT64, _pack("d", values)
-    return JSON, json.dumps(values).encode()
-
-
-class ColumnCoder:
-    """Encodes the raw columns of one signal into stored columns; one per signal of a batch's schema."""
-
-    __slots__ = ("_float", "_identity", "_integer", "_offset", "_scale", "spec")
-
-    def __init__(self, spec: SignalSpec) -> None:
-        self.spec = spec
-        self._integer = spec.integer_scaled and not spec.is_float
-        self._scale: int | float = int(spec.scale) if self._integer else spec.scale
-        self._offset: int | float = int(spec.offset) if self._integer else spec.offset
-        self._identity = self._integer and self._scale == 1 and self._offset == 0
-        # raw * (a float) is a float for any int or float raw, and so is that plus the offset.
-        self._float = not self._integer and type(spec.scale) is float
-
-    def encode(self, column: Sequence[RawValue | None]) -> Encoded | None:
-        """The stored form of one chunk's raw column, or ``None`` when every value is absent."""
-        count = len(column)
-        if not count:
-            return None
-        first = column[0]
-        # Raws that compare equal give the same physical value and type on both fast paths, but for
-        # 0 == -0.0 in float arithmetic (the sign of a zero result follows the raw's): zeros go the long way.
-        if (
-            first is not None
-            and (self._integer or (self._float and first != 0))
-            and column.count(first) == count
-        ):
-            value = self.spec.to_physical(first)
-            if type(value) is float:
-                return FLOAT64 | CONSTANT, None, _DOUBLE(value), count
-            if type(value) is int and INT64_RANGE[0] <= value <= INT64_RANGE[1]:
-                return INT64 | CONSTANT, None, _LONG(value), count
-            kind, data = _typed([value])
-            return kind | CONSTANT, None, data, count
-        scale, offset = self._scale, self._offset
-        try:
-            if self._identity:
-                return INT64, None, _pack("q", column), count  # type: ignore[arg-type]
-            if self._integer:  # an int raw: int(raw) is raw; a float raw makes a float: TypeError
-                return INT64, None, _pack("q", [r * scale + offset for r in column]), count  # type: ignore[operator]
-            if self._float:
-                return FLOAT64, None, _pack("d", [r * scale + offset for r in column]), count  # type: ignore[operator]
-        except (TypeError, OverflowError):  # None, a float raw of an integer signal, past int64
-            pass
-        return self._general(column)
-
-    def _general(self, column: Sequence[RawValue | None]) -> Encoded | None:
-        to_physical = self.spec.to_physical
-        mask = 0
-        values: list[PhysicalValue] = []
-        for index, raw in enumerate(column):
-            if raw is not None:
-                mask |= 1 << index
-                values.append(to_physical(raw))
-        if not values:
-            return None
-        present = None if len(values) == len(column) else mask.to_bytes((len(column) + 7) // 8, "little")
-        kind, data = _typed(values)
-        return kind, present, data, len(values)
-
-
-def without(
-    ticks: Sequence[int], raw_columns: Sequence[Sequence[RawValue | None]], held: Sequence[set[int]]
-) -> tuple[list[Sequence[RawValue | None]], int]:
-    """First write wins: each column with its values at the ``held`` ticks of its signal made absent,
-    and how many values that took away."""
-    kept: list[Sequence[RawValue | None]] = []
-    skipped = 0
-    for column, taken in zip(raw_columns, held, strict=True):
-        if taken.isdisjoint(ticks):
-            kept.append(column)
-            continue
-        masked: list[RawValue | None]
-        if taken.issuperset(ticks):  # another boot replayed this stretch whole: the usual overlap
-            masked = [None] * len(column)
-        else:
-            masked = [None if tick in taken else raw for tick, raw in zip(ticks, column, strict=True)]
-        skipped += masked.count(None) - column.count(None)
-        kept.append(masked)
-    return kept, skipped
-
-
-def positions(present: bytes | None, count: int) -> Sequence[int]:
-    """The indexes of a stored column's present values among its chunk's ``count`` ticks."""
-    if present is None:
-        return range(count)
-    mask = int.from_bytes(present, "little")
-    return [index for index in range(count) if mask >> index & 1]
-
-
-def decode(kind: int, present: bytes | None, data: bytes, count: int) -> list[PhysicalValue | None]:
-    """One stored column as ``count`` values aligned with its chunk's ticks, ``None`` where absent."""
-    try:
-        values = _unpack(kind & ~CONSTANT, data)
-    except ValueError as error:
-        raise StorageCorruptError(f"a stored column does not decode: {error}") from error
-    at = positions(present, count)
-    if kind & CONSTANT and len(values) == 1:
-        values = values * len(at)
-    if len(values) != len(at):
-        raise StorageCorruptError(f"a stored column has {len(values)} values for {len(at)} present ticks")
-    if present is None:
-        return values
-    aligned: list[PhysicalValue | None] = [None] * count
-    for index, value in zip(at, values, strict=True):
-        aligned[index] = value
-    return aligned

@@ -18,7 +18,7 @@ from fractions import Fraction
 from typing import Any, TextIO
 
 from agent.wire.values import PhysicalValue, Schema, format_value
-from receiver import table as columns
+from receiver import column, table
 
 Row = tuple[int, list[PhysicalValue | None]]
 Chunk = tuple[int, Sequence[int], Sequence[Sequence[PhysicalValue | None]]]  # start, ticks, columns
@@ -67,10 +67,10 @@ def group_chunks(
         if chunk_id != current:
             if current is not None:
                 yield _clip(ticks, cells, low, high)
-            current, ticks = chunk_id, columns.chunk_ticks(first, last, packed)
+            current, ticks = chunk_id, table.chunk_ticks(first, last, packed)
             cells = [(None,) * len(ticks)] * width
         if signal_id is not None:
-            decoded = columns.decode(kind, present, data, len(ticks))
+            decoded = column.decode(kind, present, data, len(ticks))
             for place in wanted[signal_id]:
                 cells[place] = decoded
     if current is not None:
@@ -166,12 +166,20 @@ def csv_line(schema: Schema, tick: int, values: Sequence[PhysicalValue | None]) 
     return ",".join((str(schema.tick_seconds(tick)), *map(format_value, values))) + "\n"
 
 
+def csv_lines(rate: Fraction, names: Sequence[str], rows: Iterable[Row]) -> Iterator[str]:
+    """The header, then one line per row, lazily."""
+    grid = Schema(rate, ())  # only its tick_seconds is used: the same helper as edge-agent sample
+    yield csv_header(names)
+    for tick, values in rows:
+        yield csv_line(grid, tick, values)
+
+
 def write_csv(out: TextIO, rate: Fraction, names: Sequence[str], rows: Iterable[Row]) -> int:
     """Write the header and one line per row to ``out``; return the number of rows written."""
-    grid = Schema(rate, ())  # only its tick_seconds is used: the same helper as edge-agent sample
-    out.write(csv_header(names))
+    lines = csv_lines(rate, names, rows)
+    out.write(next(lines))
     count = 0
-    for tick, values in rows:
-        out.write(csv_line(grid, tick, values))
+    for line in lines:
+        out.write(line)
         count += 1
     return count

@@ -4,8 +4,8 @@ Rules: append (random chunk counts and sizes, through the real :class:`Chunker`)
 (drop_oldest / refuse_new, with or without an age limit), lease (``oldest`` from a cursor), ack
 (``delete`` of leased ranges, never-leased ranges, already-acked ranges, unknown boot ids), restart (close
 and reopen with ``check=True``), a full disk for real (``PRAGMA max_page_count`` pinned to the file's
-current size, so SQLite itself answers SQLITE_FULL), ``free_space``, ``clear_notices``, and the wall clock
-moving (forwards and, rarely, back).
+current size, so SQLite itself answers SQLITE_FULL), ``free_space``, ``clear_noted`` (a receiver's ack
+naming the eviction ranges its gap ledger holds), and the wall clock moving (forwards and, rarely, back).
 
 The model is a list of chunks in commit order plus the counters and the eviction notices it expects;
 after every step the table, the running totals, the counters and the notices must equal it exactly.
@@ -16,10 +16,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import apsw
@@ -28,11 +26,13 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-import agent.buffer as buffer_module
-from agent.buffer import Buffer, Cap
+import agent.buffer.queue as queue_module
+from agent.buffer import Buffer
 from agent.chunk import Chunker, SealedChunk
+from agent.config import BufferConfig
 from agent.errors import StorageError, StorageFullError
 from agent.wire.values import Schema, SignalSpec
+from tests.harness.buffers import fold, scratch
 
 SOAK = os.environ.get("EDGE_SOAK") == "1"  # `make soak`: many more examples and rounds
 pytestmark = pytest.mark.slow  # bounded in `make test`, long in `make soak`
@@ -43,14 +43,8 @@ SCHEMAS = (
 BIG = 1 << 30
 
 
-def fast_dir() -> Path:
-    """A scratch folder on a tmpfs when there is one (fsync is free there: this test is about logic)."""
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    return Path(tempfile.mkdtemp(prefix="buffer-model-", dir=base))
-
-
 class Clock:
-    """Stands in for the ``time`` module inside :mod:`agent.buffer`, so ages are exact."""
+    """Stands in for the ``time`` module inside :mod:`agent.buffer.queue`, so ages are exact."""
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -70,17 +64,6 @@ class Item:
     row_id: int = 0  # learned from the table the first time it is seen
 
 
-def fold(items: list[Item]) -> list[tuple[bytes, int, int]]:
-    """Runs of consecutive seqs of one boot, in the order given (the model's own, not wire's)."""
-    runs: list[tuple[bytes, int, int]] = []
-    for item in items:
-        if runs and runs[-1][0] == item.boot and runs[-1][2] + 1 == item.seq:
-            runs[-1] = (item.boot, runs[-1][1], item.seq)
-        else:
-            runs.append((item.boot, item.seq, item.seq))
-    return runs
-
-
 def is_full(error: BaseException) -> bool:
     """A StorageFullError, or an error caused, however indirectly, by SQLITE_FULL."""
     seen: BaseException | None = error
@@ -97,11 +80,11 @@ chunk_plans = st.lists(st.integers(1, 60), min_size=1, max_size=5)  # samples pe
 class BufferMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.dir = fast_dir()
+        self.dir = scratch("buffer-model-")  # a tmpfs when there is one: this test is about logic
         self.path = self.dir / "b.sqlite"
         self.clock = Clock(1_700_000_000.0)
-        self.saved_time = buffer_module.time
-        buffer_module.time = self.clock  # type: ignore[assignment]
+        self.saved_time = queue_module.time
+        queue_module.time = self.clock  # type: ignore[assignment]
         self.buffer = Buffer(self.path, check=True)
         self.sids = [self.buffer.schema_id(s) for s in SCHEMAS]
         self.boots: list[bytes] = []
@@ -123,7 +106,7 @@ class BufferMachine(RuleBasedStateMachine):
         try:
             self.buffer.close()
         finally:
-            buffer_module.time = self.saved_time  # type: ignore[assignment]
+            queue_module.time = self.saved_time  # type: ignore[assignment]
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # --- helpers -----------------------------------------------------------------------------------
@@ -158,7 +141,7 @@ class BufferMachine(RuleBasedStateMachine):
         self.record(victims, reason)
 
     def record(self, victims: list[Item], reason: str) -> None:
-        self.notices.extend((*run, reason) for run in fold(victims))
+        self.notices.extend((*run, reason) for run in fold((v.boot, v.seq) for v in victims))
         self.dropped_chunks += len(victims)
         self.dropped_samples += sum(v.samples for v in victims)
         self.gone.update((v.boot, v.seq) for v in victims)
@@ -218,7 +201,8 @@ class BufferMachine(RuleBasedStateMachine):
                 if freed >= excess:
                     break
             self.evict(victims, "cap")
-        refused = self.buffer.append(self.sids[self.schema], chunks, Cap(max_bytes, max_age, policy))
+        cap = BufferConfig(max_bytes=max_bytes, max_age_s=max_age, full_policy=policy)  # type: ignore[arg-type]
+        refused = self.buffer.append(self.sids[self.schema], chunks, cap)
         event(f"capped append: {'refused' if refused_expected else 'taken'}")
         if refused_expected:
             assert refused == chunks
@@ -258,7 +242,7 @@ class BufferMachine(RuleBasedStateMachine):
             kind = data.draw(st.sampled_from(["leased", "leased", "any", "unknown"]), label="kind")
             if kind == "leased" and self.leased:
                 picked = data.draw(st.lists(st.sampled_from(self.leased), min_size=1, max_size=4))
-                ranges.extend(fold(sorted(picked, key=lambda i: i.row_id)))
+                ranges.extend(fold((i.boot, i.seq) for i in sorted(picked, key=lambda i: i.row_id)))
             elif kind == "any" and self.boots:
                 boot = data.draw(st.sampled_from(self.boots), label="boot")
                 first = data.draw(st.integers(0, 40), label="first")
@@ -325,12 +309,16 @@ class BufferMachine(RuleBasedStateMachine):
         self.evict(victims, "disk_full")
 
     @rule(data=st.data())
-    def clear_notices(self, data: st.DataObject) -> None:
-        notices = self.buffer.notices(limit=BIG)
-        picked = data.draw(st.sets(st.integers(0, max(len(notices) - 1, 0))), label="picked")
-        ids = [notices[n][0] for n in picked if n < len(notices)] + [10**9]  # and one that never was
-        self.buffer.clear_notices(ids)
-        self.notices = [n for k, n in enumerate(self.notices) if k not in picked]
+    def clear_noted(self, data: st.DataObject) -> None:
+        """A receiver's ack names eviction ranges its gap ledger holds (and some that were never noted)."""
+        picked = data.draw(st.sets(st.integers(0, max(len(self.notices) - 1, 0))), label="picked")
+        ranges = [self.notices[n][:3] for n in picked if n < len(self.notices)]
+        ranges.append((b"\xff" * 16, 0, 3))  # one that never was
+        if self.notices:  # and one that overlaps a noted range without being it
+            boot, first, last, _ = self.notices[0]
+            ranges.append((boot, first, last + 1))
+        self.buffer.clear_noted(ranges)
+        self.notices = [n for n in self.notices if n[:3] not in ranges]
 
     @rule(seconds=st.one_of(st.floats(0.0, 20.0), st.just(-7.5)))
     def clock_moves(self, seconds: float) -> None:

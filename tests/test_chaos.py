@@ -47,14 +47,16 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import wire
-from agent.buffer import Buffer, Cap
-from agent.config import MqttConfig
+from agent.buffer import Buffer
+from agent.config import BufferConfig, MqttConfig, UploadConfig
 from agent.sim import simulate, write_log
-from agent.upload import State, Uploader, UploadSettings
+from agent.upload import State, Uploader
 from agent.wire.values import ChunkData, Schema, SignalSpec
 from receiver.store import Store
 from receiver.timeline import write_csv
 from tests.harness.broker import Broker
+from tests.harness.buffers import SCHEMA as BUFFER_SCHEMA
+from tests.harness.buffers import sealed
 from tests.harness.checker import (
     Boot,
     BufferWatcher,
@@ -63,11 +65,9 @@ from tests.harness.checker import (
     boot_id_from_log,
     check,
 )
+from tests.harness.drive import DBC, ROOT, SIGNALS  # one drive set-up for the end-to-end suites
 from tests.harness.faultproxy import FaultProxy, split_packets
 from tests.harness.netns import NetNs, NetnsUnavailable, netns_or_skip
-from tests.test_buffer import SCHEMA as BUFFER_SCHEMA
-from tests.test_buffer import sealed
-from tests.test_e2e import DBC, ROOT, SIGNALS  # one drive set-up for both end-to-end suites
 
 SOAK = os.environ.get("EDGE_SOAK") == "1"
 SEED = int(os.environ.get("EDGE_CHAOS_SEED") or random.SystemRandom().randrange(1, 2**31))
@@ -969,8 +969,9 @@ def test_checker_finds_lost_duplicated_and_misordered_chunks(tmp_path: Path) -> 
 def offline_uploader(tmp_path: Path, max_batch_bytes: int) -> tuple[Uploader, list[bytes]]:
     """A real :class:`Uploader` whose publish only records the payload: its decisions, step by step."""
     uploader = Uploader(
-        UploadSettings("REPRO0001", "fleet", "repro", 8, max_batch_bytes, 2.0),
-        MqttConfig(),
+        "REPRO0001",
+        UploadConfig(max_inflight_batches=8, max_batch_bytes=max_batch_bytes, ack_timeout_s=2.0),
+        MqttConfig(client_id="repro"),
         tmp_path / "buffer.sqlite",
         threading.Event(),
     )
@@ -998,7 +999,7 @@ def test_a_late_ack_for_another_batch_does_not_clear_eviction_notices(tmp_path: 
     with Store(tmp_path / "store.sqlite") as store:  # a receiver stores Y; its ack is slow to come back
         ack_of_y = wire.encode_ack("REPRO0001", store.store_batch(late).stored)
     uploader._reset()  # the ack timeout: everything unacked goes again, oldest first
-    buffer.append(sid, [chunks[4]], Cap(max_bytes=sum(sizes[:4]) - sizes[0] // 2))  # evicts seqs 0-1
+    buffer.append(sid, [chunks[4]], BufferConfig(max_bytes=sum(sizes[:4]) - sizes[0] // 2))  # evicts seqs 0-1
     assert uploader._send_one(buffer)
     carrier = wire.decode_batch(sent[-1])  # seqs 2-3 again, now with the notice for 0-1; it is lost
     assert [c.seq for c in carrier.chunks] == [2, 3] and carrier.evicted == [(b"N" * 16, 0, 1)]
@@ -1016,7 +1017,7 @@ def test_eviction_notices_are_sent_even_when_no_chunk_is_left(tmp_path: Path) ->
     buffer.append(sid, chunks[:4])
     uploader, sent = offline_uploader(tmp_path, 1 << 20)
     assert uploader._send_one(buffer)  # seqs 0-3 in flight
-    full = Cap(max_bytes=sum(len(c.payload) for c in chunks[:4]), policy="refuse_new")
+    full = BufferConfig(max_bytes=sum(len(c.payload) for c in chunks[:4]), full_policy="refuse_new")
     assert buffer.append(sid, [chunks[4]], full) == [chunks[4]]  # the last commit is refused: a notice
     with Store(tmp_path / "store.sqlite") as store:
         ack = wire.encode_ack("REPRO0001", store.store_batch(wire.decode_batch(sent[0])).stored)

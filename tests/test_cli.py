@@ -78,7 +78,7 @@ def test_sample_with_an_unknown_signal_suggests(tmp_path: Path) -> None:
             "--signals",
             "DriveSpeed.VehicleSpede",
         ),
-        "did you mean DriveSpeed.VehicleSpeed",
+        "DriveSpeed.VehicleSpede (did you mean 'DriveSpeed.VehicleSpeed'?)",
     )
 
 

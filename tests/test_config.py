@@ -1,4 +1,4 @@
-"""The typed YAML configuration of the agent and the receiver, and ``edge-agent check-config``."""
+"""The agent's typed YAML configuration (:mod:`agent.config`) and ``edge-agent check-config``."""
 
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ from agent.config import (
     parse_agent_config,
 )
 from agent.errors import ConfigError
-from agent.service.schema import ConfigIssues
-from receiver.config import RECEIVER_SCHEMA, ReceiverConfig, load_receiver_config, parse_receiver_config
+from tests.harness.configs import issue_lines, undocumented
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = Path("/srv/edge")
@@ -45,12 +44,8 @@ def agent(text: str, base: Path = BASE) -> AgentConfig:
     return parse_agent_config(text, "edge-agent.yaml", base)
 
 
-def problems(text: str, parse: Any = agent) -> list[str]:
-    with pytest.raises(ConfigIssues) as caught:
-        parse(text)
-    lines = str(caught.value).splitlines()
-    assert lines == [str(issue) for issue in caught.value.issues]
-    return lines
+def problems(text: str) -> list[str]:
+    return issue_lines(agent, text)
 
 
 def test_example_configs_parse() -> None:
@@ -62,22 +57,11 @@ def test_example_configs_parse() -> None:
     assert config.buffer.path == Path("/var/lib/edge-agent/buffer.sqlite")
     assert config.mqtt.client_id == "edge-agent-5YJ3E1EA0KF000001"
     assert (config.upload.max_batch_bytes, config.logging.level) == (262144, "info")
-    receiver = load_receiver_config(REPO / "config" / "edge-receiver.example.yaml")
-    assert receiver.mqtt.share_group == "receivers"
-    assert receiver.mqtt.client_id is not None and receiver.mqtt.client_id.startswith("edge-receiver-")
-    assert receiver.store.path == Path("/var/lib/edge-receiver/store.sqlite")
 
 
 def test_every_example_key_is_documented() -> None:
     """Every key of every section appears in the example file (which parses, so no key is unknown)."""
-    for name, schema in (("edge-agent", AGENT_SCHEMA), ("edge-receiver", RECEIVER_SCHEMA)):
-        text = (REPO / "config" / f"{name}.example.yaml").read_text()
-        data = yaml.safe_load(text)
-        for section, value in schema.fields.items():
-            assert section in data
-            fields = getattr(getattr(value, "item", value), "fields", {})
-            entry = data[section][0] if isinstance(data[section], list) else data[section]
-            assert set(fields) <= set(entry), (name, section)
+    assert undocumented(AGENT_SCHEMA, REPO / "config" / "edge-agent.example.yaml") == []
 
 
 def test_minimal_config_and_defaults() -> None:
@@ -87,7 +71,6 @@ def test_minimal_config_and_defaults() -> None:
     assert config.buses[0].interface == "socketcan" and config.buses[0].j1939 is None
     assert config.sampling.rate_hz == 50.0 and config.sampling.bound("A.B") == 0.0
     assert config.mqtt == MqttConfig(client_id="edge-agent-TEST-1")
-    assert parse_receiver_config("", "r.yaml", BASE).store.path == Path("/var/lib/edge-receiver/store.sqlite")
 
 
 def test_values_of_every_kind() -> None:
@@ -231,59 +214,19 @@ def test_all_errors_are_reported_at_once_in_line_order() -> None:
     assert "buses[0].colour: unknown key" in lines[1]
 
 
-def test_yaml_syntax_errors_name_file_and_line() -> None:
-    with pytest.raises(
-        ConfigError, match=r"^edge-agent\.yaml:4: YAML syntax error: .*flow sequence that starts at line 2"
-    ):
-        agent("vin: x\nbuses: [a,\n  b: c\n")
-    with pytest.raises(ConfigError, match=r"^edge-agent\.yaml:2: YAML syntax error"):
-        agent("vin: x\n\tsource: y\n")
-
-
-def test_unreadable_files_name_the_path(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"missing\.yaml: config file not found"):
-        load_agent_config(tmp_path / "missing.yaml")
-    with pytest.raises(ConfigError, match=rf"^{tmp_path}: cannot read config file"):
-        load_receiver_config(tmp_path)
-    (tmp_path / "latin.yaml").write_bytes(b"vin: \xe9\n")
-    with pytest.raises(ConfigError, match=r"latin\.yaml: config file is not UTF-8"):
-        load_agent_config(tmp_path / "latin.yaml")
-
-
-def test_receiver_errors_share_the_agent_sections() -> None:
-    lines = problems(
-        "mqtt:\n  hots: x\n  share_group: a/b\n  keepalive_s: -1\n"
-        "store: {path: ''}\nlogging: {format: xml}\n",
-        lambda text: parse_receiver_config(text, "edge-receiver.yaml", BASE),
-    )
-    assert lines[0] == "edge-receiver.yaml:2: mqtt.hots: unknown key (did you mean 'host'?)"
-    assert lines[1].startswith("edge-receiver.yaml:3: mqtt.share_group: expected a string of one topic level")
-    assert lines[2].startswith("edge-receiver.yaml:4: mqtt.keepalive_s: expected an integer from 0 to 65535")
-    assert lines[3].startswith("edge-receiver.yaml:5: store.path: expected a path, got ''")
-    assert lines[4].startswith("edge-receiver.yaml:6: logging.format: expected one of")
-    config = parse_receiver_config("mqtt: {share_group: g, client_id: me}\n", "r.yaml", BASE)
-    assert (config.mqtt.share_group, config.mqtt.client_id) == ("g", "me")
-
-
 def test_configs_can_be_built_in_code() -> None:
     config = AgentConfig(
         "V1", SourceConfig("bus"), (BusConfig("vcan0", (Path("a.dbc"),), interface="virtual"),)
     )
     assert config.mqtt.client_id == "edge-agent-V1" and config.sampling.signals == ()
-    assert ReceiverConfig().mqtt.client_id is not None
-
-
-def test_password_file(tmp_path: Path) -> None:
-    (tmp_path / "pw").write_text("s3cret\n")
-    assert MqttConfig(username="u", password_file=tmp_path / "pw").password() == "s3cret"
-    assert MqttConfig().password() is None
-    with pytest.raises(ConfigError, match=r"mqtt\.password_file"):
-        MqttConfig(password_file=tmp_path / "missing").password()
 
 
 def _write_setup(tmp_path: Path, **replace: str) -> Path:
     (tmp_path / "dbc").mkdir()
-    (tmp_path / "dbc" / "ev.dbc").write_text('VERSION ""\n')
+    (tmp_path / "dbc" / "ev.dbc").write_text(  # check-config loads it and resolves A.b and C.d
+        'VERSION ""\nBU_: E\nBO_ 1 A: 8 E\n SG_ b : 0|8@1+ (1,0) [0|255] "" E\n'
+        'BO_ 2 C: 8 E\n SG_ d : 0|8@1+ (1,0) [0|255] "" E\n'
+    )
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "drive.log.gz").write_bytes(b"")
     text = MINIMAL + "sampling: {signals: [A.b, C.d]}\n"

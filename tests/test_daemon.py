@@ -1,4 +1,5 @@
-"""The daemon: live buses through the whole pipeline, and a graceful stop on SIGTERM within 5 s."""
+"""The daemon: live buses through the whole pipeline, a graceful stop on SIGTERM within 5 s, and a stage
+that fails for real stops the process with exit status 1 and its traceback in the log."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from agent.daemon import Agent
 from agent.sim import simulate
 from receiver.store import Store
 from tests.harness.broker import Broker
-from tests.test_e2e import DBC, ROOT, SIGNALS, agent_config
+from tests.harness.drive import DBC, ROOT, SIGNALS, agent_config
 
 pytestmark = pytest.mark.slow
 
@@ -67,20 +68,39 @@ def test_live_virtual_bus_reaches_the_receiver(broker: Broker, tmp_path: Path) -
     assert all(value is not None for value in rows[-1][1])
 
 
+def wait_for_log(process: subprocess.Popen[bytes], log: Path, text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
+def committed_samples(path: Path) -> int:
+    buffer = Buffer(path)
+    try:
+        return buffer.stats().samples
+    finally:
+        buffer.close()
+
+
 def test_sigterm_commits_and_exits_within_five_seconds(broker: Broker, tmp_path: Path) -> None:
     log = ROOT / "replay_logs" / "highway.log.gz"
     config = agent_config(tmp_path, broker.port, "TERM000000000001", log, speed="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(3.0)
+    stderr = tmp_path / "agent.log"
+    with open(stderr, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(config)], cwd=ROOT, stderr=out
+        )
+    wait_for_log(process, stderr, '"agent_starting"')  # the buffer is open, the stages started
+    deadline = time.monotonic() + 30
+    while committed_samples(tmp_path / "TERM000000000001.sqlite") < 100:  # two seconds are committed
+        assert process.poll() is None and time.monotonic() < deadline, stderr.read_text()
+        time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     started = time.monotonic()
-    _, errors = process.communicate(timeout=10)
+    process.wait(timeout=10)
     assert time.monotonic() - started < 5.0
+    errors = stderr.read_text()
     assert process.returncode == 0, errors
     assert "signal_received" in errors and "agent_stopped" in errors
     buffer = Buffer(tmp_path / "TERM000000000001.sqlite")
@@ -91,3 +111,49 @@ def test_sigterm_commits_and_exits_within_five_seconds(broker: Broker, tmp_path:
         assert buffer.stats().samples == stopped["samples_committed"] > 0
     finally:
         buffer.close()
+
+
+# A real fault, injected in a real `edge-agent run`: the decoder raises after some frames, on the pipeline's
+# thread. Nothing else is replaced (the logger least of all): the test reads the process's own stderr.
+FAULTY_RUN = """
+import sys
+from agent import decode
+from agent.cli import main
+
+real = decode.Decoder.decode
+frames = 0
+
+
+def decode_then_fail(self, frame):
+    global frames
+    frames += 1
+    if frames > 500:
+        raise RuntimeError("injected fault: the decoder broke")
+    return real(self, frame)
+
+
+decode.Decoder.decode = decode_then_fail
+sys.exit(main(["run", "--config", sys.argv[1]]))
+"""
+
+
+def test_a_stage_that_fails_is_logged_critical_with_its_traceback_and_the_agent_exits_1(
+    broker: Broker, tmp_path: Path
+) -> None:
+    log = ROOT / "replay_logs" / "highway.log.gz"
+    config = agent_config(tmp_path, broker.port, "FAIL000000000001", log, speed="1")
+    process = subprocess.run(
+        [sys.executable, "-c", FAULTY_RUN, str(config)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert process.returncode == 1, process.stderr  # systemd's Restart=on-failure starts it again
+    events = [json.loads(line) for line in process.stderr.splitlines() if line.startswith("{")]
+    [failed] = [e for e in events if e["event"] == "stage_failed"]
+    assert failed["level"] == "critical" and failed["stage"] == "pipeline"
+    assert failed["reason"] == "RuntimeError: injected fault: the decoder broke"
+    trace = failed["exception"]
+    assert trace.startswith("Traceback (most recent call last)")
+    assert "in run_once" in trace and "in decode_then_fail" in trace  # from the stage's loop to the raise
+    [stopped] = [e for e in events if e["event"] == "agent_stopped"]
+    assert stopped["failed_stages"] == ["pipeline"]
+    assert "signal_received" not in process.stderr  # it stopped itself
+    assert not any(line.startswith("Traceback") for line in process.stderr.splitlines())  # only as JSON

@@ -7,7 +7,8 @@ from pathlib import Path
 import can
 import pytest
 
-from agent.decode import ANY_CHANNEL, build_decoder, j1939_pgn, load_dbc
+from agent.dbc import load_dbc
+from agent.decode import ANY_CHANNEL, CHANNEL_CHECK_FRAMES, build_decoder, j1939_pgn
 from agent.errors import DbcError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +34,10 @@ def small_dbc(tmp_path: Path) -> Path:
     return path
 
 
-def frame(frame_id: int, data: bytes, channel: str = "can0", extended: bool = False) -> can.Message:
-    return can.Message(arbitration_id=frame_id, data=data, channel=channel, is_extended_id=extended)
+def frame(
+    frame_id: int, data: bytes, channel: str = "can0", extended: bool = False, fd: bool = False
+) -> can.Message:
+    return can.Message(arbitration_id=frame_id, data=data, channel=channel, is_extended_id=extended, is_fd=fd)
 
 
 def test_values_are_raw_and_specs_scale_them_like_cantools(small_dbc: Path) -> None:
@@ -67,7 +70,7 @@ def test_a_short_frame_decodes_what_fits_and_is_counted(small_dbc: Path) -> None
 
 
 def test_unknown_signal_says_did_you_mean(small_dbc: Path) -> None:
-    with pytest.raises(DbcError, match=r"Speed.Valeu \(did you mean Speed.Value"):
+    with pytest.raises(DbcError, match=r"Speed.Valeu \(did you mean 'Speed.Value'"):
         build_decoder([("can0", [small_dbc], "auto")], ["Speed.Valeu"])
 
 
@@ -113,3 +116,76 @@ def test_real_j1939_truck_decodes_by_pgn_only(realdata: Path) -> None:
     assert exact.stats.decoded == 0  # the DBC's source address is not the truck's
     assert len(speeds) == 12_719  # EEC1 frames in the log (SOURCE.txt)
     assert min(speeds) > 640 and max(speeds) < 660
+
+
+TWO_ON_ONE_ID = (
+    SMALL_DBC
+    + """
+BO_ 257 SpeedCopy: 8 ECU
+ SG_ Other : 0|8@1+ (1,0) [0|255] "" Vector__XXX
+"""
+)
+
+
+def test_two_messages_on_one_frame_id_are_refused_naming_both_and_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "dup.dbc"
+    path.write_text(TWO_ON_ONE_ID)
+    with pytest.raises(DbcError) as caught:
+        load_dbc(path)
+    assert str(caught.value) == (
+        f"{path}: frame id 0x101 is defined twice, by Speed and SpeedCopy (cantools would keep only the last)"
+    )
+
+
+def test_an_empty_dbc_says_it_has_no_messages(tmp_path: Path) -> None:
+    (tmp_path / "empty.dbc").write_text("")
+    (tmp_path / "blank.dbc").write_text("\n  \n")
+    (tmp_path / "bare.dbc").write_text('VERSION ""\n')
+    for name in ("empty.dbc", "blank.dbc"):
+        with pytest.raises(DbcError, match=rf"^{tmp_path / name}: has no messages \(the file is empty\)$"):
+            load_dbc(tmp_path / name)
+    with pytest.raises(DbcError, match=r"bare.dbc: has no messages$"):
+        load_dbc(tmp_path / "bare.dbc")
+
+
+def test_one_id_in_two_dbcs_of_one_bus_is_refused_when_both_are_sampled(
+    tmp_path: Path, small_dbc: Path
+) -> None:
+    other = tmp_path / "other.dbc"
+    other.write_text(SMALL_DBC.replace("BO_ 257 Speed:", "BO_ 257 Wheels:"))
+    build_decoder([("can0", [small_dbc, other], "auto")], ["Speed.Value"])  # only one of them: fine
+    with pytest.raises(DbcError, match=r"frame id 0x101 on can0 is both Speed \(.*small.dbc\) and Wheels"):
+        build_decoder([("can0", [small_dbc, other], "auto")], ["Speed.Value", "Wheels.Temp"])
+    on_two_buses = [("can0", [small_dbc], "auto"), ("can1", [other], "auto")]
+    assert len(build_decoder(on_two_buses, ["Speed.Value", "Wheels.Temp"]).signals) == 2  # two buses: fine
+
+
+def test_frames_longer_than_their_protocol_are_counted_not_decoded(small_dbc: Path) -> None:
+    decoder = build_decoder([("can0", [small_dbc], "auto")], ["Speed.Value"])
+    assert decoder.decode(frame(257, bytes(12))) == []  # 12 bytes: no classic CAN frame
+    assert decoder.decode(frame(257, bytes(25_000))) == []
+    assert decoder.decode(frame(257, bytes(65), fd=True)) == []
+    assert decoder.decode(frame(257, bytes([1, 0]) + bytes(62), fd=True)) == [(0, 1)]  # CAN FD: up to 64
+    assert decoder.stats.oversize == {("can0", 257): 3}
+    assert decoder.stats.decoded == 1 and decoder.stats.frames == 4
+
+
+def test_a_configured_channel_absent_from_the_log_is_a_warning_listing_the_log_s(small_dbc: Path) -> None:
+    decoder = build_decoder([("vcan0", [small_dbc], "auto")], ["Speed.Value"])
+    assert decoder.check_channels() is None  # no frame yet: nothing to say
+    for _ in range(CHANNEL_CHECK_FRAMES):
+        decoder.decode(frame(257, bytes(8), channel="can0"))
+    assert decoder.silent_channels() == ["vcan0"]
+    assert decoder.unknown_channel_frames() == CHANNEL_CHECK_FRAMES
+    assert decoder.check_channels() == (
+        f"no frames on configured channel vcan0; the frames are on can0 ({CHANNEL_CHECK_FRAMES} frames)"
+    )
+    every = build_decoder([(ANY_CHANNEL, [small_dbc], "auto")], ["Speed.Value"])
+    every.decode(frame(257, bytes(8), channel="can5"))
+    assert every.silent_channels() == [] and every.unknown_channel_frames() == 0
+
+
+def test_periods_come_from_the_dbc_cycle_time(small_dbc: Path) -> None:
+    assert build_decoder([("can0", [small_dbc], "auto")], ["Speed.Value"]).periods == (None,)
+    decoder = build_decoder([("can0", [REFERENCE_DBC], "auto")], ["DriveSpeed.VehicleSpeed"])
+    assert decoder.periods[0] is not None and 0 < decoder.periods[0] <= 1

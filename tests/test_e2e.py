@@ -14,18 +14,7 @@ import pytest
 
 from agent.sim import simulate, write_log
 from tests.harness.broker import Broker
-
-ROOT = Path(__file__).resolve().parent.parent
-DBC = ROOT / "dbc" / "reference_ev.dbc"
-SIGNALS = [
-    "DriveSpeed.VehicleSpeed",
-    "MotorStatus.MotorRPM",
-    "Gear.Gear",
-    "BatteryState.StateOfCharge",
-    "CellStats.CellVoltageMin",
-    "CellStats.CellTempMax",
-    "Thermal.CoolantTemp",
-]
+from tests.harness.drive import DBC, ROOT, SIGNALS, agent_config
 
 pytestmark = pytest.mark.slow
 
@@ -43,18 +32,6 @@ def drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def agent_config(tmp_path: Path, port: int, vin: str, log: Path, speed: str = "max") -> Path:
-    path = tmp_path / f"{vin}.yaml"
-    path.write_text(
-        f"vin: {vin}\nsource: {{kind: replay, log: {log}, speed: {speed}}}\n"
-        f"buses:\n  - {{channel: can0, dbc: [{DBC}]}}\n"
-        f"sampling: {{signals: [{', '.join(SIGNALS)}]}}\n"
-        f"buffer: {{path: {tmp_path / vin}.sqlite, commit_interval_s: 0.2}}\n"
-        f"mqtt: {{host: 127.0.0.1, port: {port}}}\nupload: {{ack_timeout_s: 3}}\nlogging: {{format: json}}\n"
-    )
-    return path
-
-
 @pytest.fixture
 def receiver(broker: Broker, tmp_path: Path) -> Iterator[Path]:
     store = tmp_path / "store.sqlite"
@@ -63,13 +40,16 @@ def receiver(broker: Broker, tmp_path: Path) -> Iterator[Path]:
         f"mqtt: {{host: 127.0.0.1, port: {broker.port}}}\nstore: {{path: {store}}}\n"
         "logging: {format: json}\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "receiver.cli", "run", "--config", str(config)],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-    )
-    time.sleep(0.8)
+    log = tmp_path / "receiver.log"
+    with open(log, "w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "receiver.cli", "run", "--config", str(config)], cwd=ROOT, stderr=errors
+        )
     try:
+        deadline = time.monotonic() + 30  # until the broker has granted the receiver's subscription
+        while '"event": "subscribed"' not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
         yield store
     finally:
         process.send_signal(signal.SIGTERM)

@@ -26,7 +26,11 @@ def run_sample(log: Path, dbcs: list[str], signals: list[str], rate: float = 50.
 
 
 def reference(log: Path, dbcs: dict[str, Path], signals: list[str], rate: Fraction) -> list[str]:
-    """Exact fractions, cantools' own scaled decode, python-can's reader; J1939 by cantools' PGN."""
+    """Exact fractions, cantools' own scaled decode, python-can's reader; J1939 by cantools' PGN.
+
+    A value is held max(1 s, 10 x its period) at most (the longest interval between two of its frames
+    within its hold; 1 s until measured: none of these DBCs declares a cycle time); a tick at which every
+    signal is absent has no row (agent.sample's definition; these logs never step back)."""
     databases = {channel: cantools.database.load_file(str(path)) for channel, path in dbcs.items()}
     events: list[tuple[Fraction, str, object]] = []
     for message in can.LogReader(str(log)):
@@ -51,6 +55,9 @@ def reference(log: Path, dbcs: dict[str, Path], signals: list[str], rate: Fracti
             events.append((stamp, "", None))
     first, last = events[0][0], max(e[0] for e in events)
     current: dict[str, object] = {}
+    seen_at: dict[str, Fraction] = {}
+    period: dict[str, Fraction] = {}
+    hold = dict.fromkeys(signals, Fraction(10))
     rows = ["timestamp," + ",".join(signals)]
     tick = -(-first * rate // 1)
     index = 0
@@ -58,15 +65,22 @@ def reference(log: Path, dbcs: dict[str, Path], signals: list[str], rate: Fracti
     while Fraction(tick) / rate <= last:
         at = Fraction(tick) / rate
         while index < len(ordered) and ordered[index][0] <= at:
-            if ordered[index][1]:
-                current[ordered[index][1]] = ordered[index][2]
+            stamp, name, value = ordered[index]
+            if name:
+                interval = stamp - seen_at[name] if name in seen_at else None
+                if interval is not None and 0 < interval <= hold[name] and interval > period.get(name, 0):
+                    period[name] = interval
+                    hold[name] = min(Fraction(60), max(Fraction(1), 10 * interval))
+                current[name], seen_at[name] = value, stamp
             index += 1
         seconds = (Decimal(at.numerator) / Decimal(at.denominator)).quantize(Decimal("0.000001"))
+        present = {n: current[n] for n in current if at - seen_at[n] <= hold[n]}
         cells = [
-            "" if n not in current else repr(current[n]) if isinstance(current[n], float) else str(current[n])
+            "" if n not in present else repr(present[n]) if isinstance(present[n], float) else str(present[n])
             for n in signals
         ]
-        rows.append(f"{seconds}," + ",".join(cells))
+        if any(cells):
+            rows.append(f"{seconds}," + ",".join(cells))
         tick += 1
     return rows
 
@@ -90,8 +104,10 @@ def test_kona_two_buses_two_dbcs(realdata: Path) -> None:
     signals = [s for s in signals if s in available or s.startswith(("SAS11", "WHL_SPD11"))]
     got = run_sample(log, [f"can0={pcan}", f"can1={ccan}"], signals)
     assert got == reference(log, {"can0": pcan, "can1": ccan}, signals, Fraction(50))
-    assert len(got) == 543  # 10.84 s at 50 Hz
-    assert got[-1].split(",")[1] == "36.5"  # SoC as displayed (SOURCE.txt)
+    assert len(got) == 542  # 10.84 s at 50 Hz, but the first tick: no signal yet
+    socs = [row.split(",")[1] for row in got[1:]]
+    assert [soc for soc in socs if soc][-1] == "36.5"  # SoC as displayed (SOURCE.txt)
+    assert socs[-1] == ""  # the BMS stops sending at power-off: held 1 s (10 of its periods), then absent
 
 
 def test_j1939_truck_by_pgn_on_two_channels(realdata: Path) -> None:

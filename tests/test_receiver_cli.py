@@ -1,4 +1,5 @@
-"""``edge-receiver``: the exact CSV of ``export``, one-line errors, ``stats``, and ``run`` until SIGTERM."""
+"""``edge-receiver`` (:mod:`receiver.cli`, :mod:`receiver.commands`): the exact CSV of ``export``, one-line
+errors, ``stats``, ``check-config``, and ``run`` until SIGTERM. ``accuracy``: ``test_receiver_accuracy.py``."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import pytest
 from agent.wire.values import Schema, SignalSpec, format_value
 from receiver.cli import main
 from receiver.store import Store
+from tests.harness.batches import BOOT, C0, C1, C2, SCHEMA, VIN, batch, chunk, payload
 from tests.harness.broker import Broker
-from tests.test_receiver_ingest import Peer
-from tests.test_receiver_store import BOOT, C0, C1, C2, SCHEMA, VIN, batch, chunk, payload
+from tests.harness.peer import Peer
 
 ROOT = Path(__file__).resolve().parent.parent
 THIRDS = Schema(Fraction(3), (SignalSpec("Slow.Level", scale=0.1, integer_scaled=False),))
@@ -125,6 +126,23 @@ def test_stats_lists_chunks_samples_and_gaps(db: Path, capsys: pytest.CaptureFix
         f"{VIN}: 4 chunks, 11 samples, 20 values, 0 overlapping, 1 evicted, 2 missing\n"
         f"  missing: boot {BOOT.hex()} seq 3-3\n"
         f"  missing: boot {BOOT.hex()} seq 5-5\n"
+    )
+
+
+def test_check_config_says_what_it_read_or_names_the_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "receiver.yaml"
+    config.write_text("mqtt: {host: broker.example, port: 8883}\nstore: {path: store.sqlite}\n")
+    code, out, _ = run(["check-config", "--config", str(config)], capsys)
+    assert code == 0
+    assert out == f"{config}: ok (broker broker.example:8883, store {tmp_path / 'store.sqlite'})\n"
+    config.write_text("mqtt:\n  prot: 1883\n")
+    code, out, err = run(["check-config", "--config", str(config)], capsys)
+    assert (code, out) == (2, "")
+    assert (
+        err
+        == f"edge-receiver check-config: error: {config}:2: mqtt.prot: unknown key (did you mean 'port'?)\n"
     )
 
 

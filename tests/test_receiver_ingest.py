@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from structlog.testing import capture_logs
 
 from agent import wire
@@ -22,10 +18,9 @@ from agent.wire.values import Schema
 from receiver.config import ReceiverConfig, ReceiverMqttConfig, StoreConfig
 from receiver.ingest import Receiver
 from receiver.store import Store
+from tests.harness.batches import BOOT, C0, C1, C2, SCHEMA, VIN, chunk, payload
 from tests.harness.broker import Broker
-from tests.test_receiver_store import BOOT, C0, C1, C2, SCHEMA, VIN, chunk, payload
-
-TIMEOUT = 10.0
+from tests.harness.peer import TIMEOUT, Peer
 
 
 def config(broker: Broker, store: Path, client_id: str) -> ReceiverConfig:
@@ -38,34 +33,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
-
-
-class Peer:
-    """Plays the agents: publishes telemetry and collects every ack."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.acks: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        subscribed = threading.Event()
-        self.client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"peer-{os.getpid()}-{id(self)}", protocol=paho.MQTTv5
-        )
-        self.client.on_message = lambda _c, _u, message: self.acks.put((message.topic, message.payload))
-        self.client.on_subscribe = lambda *_args: subscribed.set()
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
-        self.client.subscribe("fleet/+/ack", qos=1)
-        assert subscribed.wait(TIMEOUT)
-
-    def publish(self, data: bytes, vin: str = VIN, topic: str | None = None) -> None:
-        self.client.publish(topic or f"fleet/{vin}/telemetry", data, qos=1).wait_for_publish(TIMEOUT)
-
-    def ack(self) -> tuple[str, str, list[tuple[bytes, int, int]]]:
-        topic, data = self.acks.get(timeout=TIMEOUT)
-        return (topic, *wire.decode_ack(data))
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -127,7 +94,7 @@ def garbage() -> dict[str, tuple[str, bytes]]:
     wrong_version.version = 99
     bad_zlib = pb.Envelope.FromString(good)
     bad_zlib.body = b"\x78\x9c" + os.urandom(40)
-    not_a_batch = messages._envelope(pb.BODY_KIND_BATCH, b"\xff\xff\xff", compress=False)
+    not_a_batch = messages.envelope(pb.BODY_KIND_BATCH, b"\xff\xff\xff", compress=False)
     narrow = Schema(SCHEMA.rate, SCHEMA.signals[:2])
     two_columns = wire.encode_chunk(narrow, chunk(5, [1, 2], [1, 2], [3, 4]))
     return {

@@ -1,5 +1,5 @@
-"""The receiver's store on real SQLite files: dedupe by chunk id, physical values, merged export rows, and
-the columnar layout underneath: first write wins per (signal, tick), range reads, the column codec."""
+"""The receiver's store on real SQLite files: dedupe by chunk id, physical values, merged export rows, first
+write wins per (signal, tick), range reads, each signal's declared coding, and the files it refuses."""
 
 from __future__ import annotations
 
@@ -16,42 +16,9 @@ from hypothesis import strategies as st
 
 from agent import wire
 from agent.errors import StorageCorruptError, StorageError, WireError
-from agent.wire.values import ChunkData, ChunkId, RawValue, Schema, SignalSpec
-from receiver import table as columns
+from agent.wire.values import ChunkData, ChunkId, Schema, SignalSpec
 from receiver.store import NotFoundError, RateConflictError, Store
-from receiver.timeline import merge_chunks, missing_runs
-
-BOOT = bytes(range(16))
-OTHER_BOOT = bytes(range(16, 32))
-VIN = "WVWZZZ1JZXW000001"
-SCHEMA = Schema(
-    Fraction(50),
-    (
-        SignalSpec("Engine.Rpm", scale=2, offset=-40),  # integer-scaled: physical ints
-        SignalSpec("Engine.Temp", scale=0.5, integer_scaled=False),  # physical floats
-        SignalSpec("Imu.Accel", is_float=True, integer_scaled=False),  # IEEE float signal
-    ),
-)
-
-
-def chunk(seq: int, ticks: list[int], *columns: list[RawValue | None], boot: bytes = BOOT) -> ChunkData:
-    return ChunkData(boot, seq, ticks, [list(column) for column in columns])
-
-
-def payload(chunks: list[ChunkData], vin: str = VIN, schema: Schema = SCHEMA, **kwargs: object) -> bytes:
-    blobs = [wire.encode_chunk(schema, c) for c in chunks]
-    return wire.encode_batch(vin, schema, blobs, **kwargs)  # type: ignore[arg-type]
-
-
-def batch(
-    chunks: list[ChunkData], vin: str = VIN, schema: Schema = SCHEMA, **kwargs: object
-) -> wire.DecodedBatch:
-    return wire.decode_batch(payload(chunks, vin, schema, **kwargs))
-
-
-C0 = chunk(0, [0, 1, 2, 3], [10, 11, None, 13], [None, 6, 6, 7], [0.25, None, None, -1.5])
-C1 = chunk(1, [4, 5, 6], [14, None, None], [8, 8, None], [None, None, None])
-C2 = chunk(2, [7, 9, 12], [None, None, 20], [1, 2, 3], [2.0, None, 1e300])
+from tests.harness.batches import BOOT, C0, C1, C2, OTHER_BOOT, SCHEMA, VIN, batch, chunk, payload
 
 
 @pytest.fixture
@@ -229,12 +196,7 @@ def test_any_delivery_order_stores_the_union_once(
         assert list(store.rows(VIN, ["M.A", "M.B"])) == sorted(expected.items())
 
 
-def test_missing_runs() -> None:
-    assert missing_runs([(0, 1), (5, 5), (9, 9)], [(3, 3), (12, 20)]) == [(2, 2), (4, 4), (6, 8)]
-    assert missing_runs([], [(0, 4)]) == []
-
-
-# --- columnar storage: first write wins across boots, ranges, the column codec ----------------------------
+# --- first write wins across boots, range reads ----------------------------------------------------------
 
 
 def test_overlapping_boots_in_one_batch_and_a_long_chunk_in_range_reads(store: Store) -> None:
@@ -272,7 +234,7 @@ def test_a_store_of_the_per_value_layout_is_refused(tmp_path: Path) -> None:
     connection = apsw.Connection(str(path))
     connection.execute("CREATE TABLE samples (signal_id, tick, value); PRAGMA user_version=1")
     connection.close()
-    with pytest.raises(StorageError, match=r"not a receiver store of version 2 \(version 1 stored a row"):
+    with pytest.raises(StorageError, match=r"not a receiver store of version 3 \(version 1 stored a row"):
         Store(path)
 
 
@@ -333,88 +295,38 @@ def test_first_stored_value_wins_per_signal_and_tick(
         ]
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.dictionaries(st.integers(-20, 20), st.one_of(st.none(), st.integers(0, 9)), min_size=1),
-            st.integers(0, 5),
-        )
+# --- the coding each signal's agent declared on the wire ------------------------------------------------
+
+
+def test_each_signal_keeps_the_coding_its_agent_declared(store: Store) -> None:
+    store.store_batch(batch([C0]))
+    assert store.declared(VIN) == {spec.name: spec for spec in SCHEMA.signals}
+    bounded = SignalSpec("Engine.Rpm", scale=2, offset=-40, bound_raw=3, predictor="linear angle 3600 0")
+    store.store_batch(batch([C1], schema=Schema(SCHEMA.rate, (bounded, *SCHEMA.signals[1:]))))
+    assert store.declared(VIN)["Engine.Rpm"] == bounded  # the latest batch's coding
+    store.store_batch(batch([chunk(2, [7], [1])], schema=Schema(SCHEMA.rate, SCHEMA.signals[1:2])))
+    assert store.declared(VIN)["Engine.Rpm"] == bounded
+    with pytest.raises(NotFoundError, match="unknown vin 'NOPE'"):
+        store.declared("NOPE")
+
+
+def test_a_store_of_version_2_is_upgraded_by_a_writer_and_read_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite"
+    with Store(path) as store:
+        store.store_batch(batch([C0]))
+    connection = apsw.Connection(str(path))  # what version 2 was: the signals without their coding
+    connection.execute(
+        "ALTER TABLE signals RENAME TO declared; CREATE TABLE signals (id INTEGER PRIMARY KEY, "
+        "vin TEXT NOT NULL, name TEXT NOT NULL, UNIQUE (vin, name)); INSERT INTO signals "
+        "SELECT id, vin, name FROM declared; DROP TABLE declared; PRAGMA user_version=2"
     )
-)
-def test_merge_chunks_takes_each_value_from_the_first_chunk_that_has_one(
-    chunks: list[tuple[dict[int, int | None], int]],
-) -> None:
-    # A chunk's start may be before its first tick (a stored chunk cut to a range): chunks come by start.
-    ordered = sorted(((min(c) - lead, c) for c, lead in chunks), key=lambda item: item[0])
-    expected: dict[int, list[int | None]] = {}
-    for _, c in ordered:
-        for tick, value in c.items():
-            row = expected.setdefault(tick, [None])
-            row[0] = value if row[0] is None else row[0]
-    merged = merge_chunks((start, sorted(c), [[c[t] for t in sorted(c)]]) for start, c in ordered)
-    assert list(merged) == sorted(expected.items())
-
-
-SPECS = [
-    SignalSpec("I.Plain"),
-    SignalSpec("I.Scaled", scale=-3.0, offset=-40.0),
-    SignalSpec("F.Scaled", scale=0.1, offset=-0.0, integer_scaled=False),
-    SignalSpec("F.Offset", scale=0.5, offset=1.5, integer_scaled=False),
-    SignalSpec("F.Ieee", is_float=True, integer_scaled=False),
-]
-RAWS = st.one_of(
-    st.none(),
-    st.integers(-(2**66), 2**66),
-    st.sampled_from([0, -0.0, 0.0, 3.0, 2.5, math.nan, math.inf, 7, 2**63, -(2**63) - 1]),
-    st.floats(allow_nan=True, allow_infinity=False, width=64),
-)
-
-
-@settings(max_examples=400, deadline=None)
-@given(
-    spec=st.sampled_from(SPECS),
-    column=st.one_of(
-        st.lists(RAWS, min_size=1, max_size=20),
-        st.tuples(RAWS, st.integers(1, 20)).map(lambda held: [held[0]] * held[1]),  # sample-and-hold
-    ),
-)
-def test_a_column_round_trips_exactly_as_to_physical(spec: SignalSpec, column: list[RawValue | None]) -> None:
-    try:
-        expected = [None if raw is None else spec.to_physical(raw) for raw in column]
-    except (OverflowError, ValueError):  # int(inf), float(2**1100): not values a decoder gives
-        return
-    encoded = columns.ColumnCoder(spec).encode(column)
-    if all(value is None for value in expected):
-        assert encoded is None
-        return
-    assert encoded is not None
-    kind, present, data, count = encoded
-    assert count == sum(value is not None for value in expected)
-    decoded = columns.decode(kind, present, data, len(column))
-    assert [repr(v) for v in decoded] == [repr(v) for v in expected]  # types, NaN and -0.0 alike
-    assert [type(v) for v in decoded] == [type(v) for v in expected]
-
-
-def test_stored_columns_are_compact_and_checked(store: Store) -> None:
-    coder = columns.ColumnCoder(SignalSpec("Gear.Gear"))
-    assert coder.encode([3] * 50) == (columns.INT64 | columns.CONSTANT, None, (3).to_bytes(8, "little"), 50)
-    kind, present, data, _ = coder.encode([None, None, 4, 5])  # type: ignore[misc]
-    assert (kind, present, len(data)) == (columns.INT64, bytes([0b1100]), 16)
-    with pytest.raises(StorageCorruptError):
-        columns.decode(columns.INT64, None, data, 3)
-    assert columns.pack_ticks([5, 6, 7]) is None
-    assert list(columns.chunk_ticks(7, 12, columns.pack_ticks([7, 9, 12]))) == [7, 9, 12]
-
-
-def test_the_receiver_bench_runs_on_a_short_drive(tmp_path: Path) -> None:
-    from agent.sim import simulate, write_log
-    from tests.harness import bench_receiver
-
-    log = tmp_path / "short.log.gz"
-    write_log(log, simulate("city", 3.0, 5, bench_receiver.DBC))
-    hour = bench_receiver.build_hour(log, repeats=2)
-    assert hour.last_tick - hour.first_tick + 1 == hour.samples  # the boots follow each other, no gap
-    measures, digest = bench_receiver.measure(hour, tmp_path, with_digest=True)
-    assert [m[0] for m in measures][:2] == ["receiver ingest, one hour", "receiver ingest rate"]
-    assert all(value > 0 for _, value, _, _ in measures) and digest
+    connection.close()
+    with Store(path, readonly=True) as reader:
+        assert reader.declared(VIN) == {} and reader.stats()[0].chunks == 1
+    with Store(path) as writer:
+        assert writer.declared(VIN) == {}  # upgraded: the columns exist, no batch declared them yet
+        writer.store_batch(batch([C1]))
+        assert writer.declared(VIN) == {spec.name: spec for spec in SCHEMA.signals}
+    with Store(path, readonly=True) as reader:
+        assert len(reader.declared(VIN)) == 3 and reader.stats()[0].chunks == 2
+        assert [tick for tick, _ in reader.rows(VIN, ["Engine.Rpm"])] == list(range(7))

@@ -17,9 +17,10 @@ import can
 import cantools
 import pytest
 
+from agent import sim
 from agent.commands import simulate as simulate_command
 from agent.errors import DbcError, SourceError
-from agent.sim import DEFAULT_DBC, PERSONALITIES, frame_checksum, simulate, write_log
+from agent.sim import PERSONALITIES, default_dbc, frame_checksum, simulate, write_log
 
 REPO = Path(__file__).resolve().parents[1]
 DBC = REPO / "dbc" / "reference_ev.dbc"
@@ -93,8 +94,8 @@ def latest(data: Series, name: str) -> Callable[[float], float]:
 
 # -- the DBC ------------------------------------------------------------------------------------------
 def test_dbc_loads_strictly_with_every_message_signal_and_period() -> None:
-    database = cantools.database.load_file(str(DEFAULT_DBC), strict=True)
-    assert Path(DEFAULT_DBC) == DBC
+    database = cantools.database.load_file(str(default_dbc()), strict=True)
+    assert default_dbc() == DBC  # in a checkout, the checkout's
     for name, (frame_id, period, signals) in SPEC.items():
         message = database.get_message_by_name(name)
         assert message.frame_id == frame_id and not message.is_extended_frame and frame_id < 0x800
@@ -344,6 +345,30 @@ def test_simulate_command_writes_the_log(tmp_path: Path, capsys: pytest.CaptureF
     assert [bytes(f.data) for f in frames] == expected
     with pytest.raises(SourceError):
         run_command("--personality", "bogus", "--duration", "5", "--out", str(out))
+
+
+def test_the_default_dbc_is_found_where_the_package_installs_it_or_named_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkout, installed = tmp_path / "checkout" / "reference_ev.dbc", tmp_path / "share" / "reference_ev.dbc"
+    monkeypatch.setattr(sim, "DBC_PLACES", (checkout, installed))  # an installed package: no checkout
+    with pytest.raises(DbcError) as caught:
+        run_command("--personality", "city", "--duration", "1", "--out", str(tmp_path / "a.log"))
+    assert str(caught.value) == (
+        f"the reference EV's DBC is in none of {checkout}, {installed}: name one with --dbc FILE"
+    )
+    assert not (tmp_path / "a.log").exists()
+    installed.parent.mkdir()
+    installed.write_bytes(DBC.read_bytes())
+    assert default_dbc() == installed
+    assert run_command("--personality", "city", "--duration", "1", "--out", str(tmp_path / "a.log")) == 0
+
+
+def test_the_installed_place_is_where_the_package_puts_the_dbcs() -> None:
+    installed = sim.DBC_PLACES[-1]
+    build = (REPO / "packaging" / "deb" / "build.py").read_text()
+    assert (REPO / "dbc" / installed.name).is_file()  # build.py ships every dbc/*.dbc ...
+    assert f"[{installed.parent}/\\1]" in build  # ... to the folder its installed config names
 
 
 # -- the committed replay logs ------------------------------------------------------------------------

@@ -10,8 +10,12 @@ from pathlib import Path
 import can
 import pytest
 
+from agent.clock import LiveClock
+from agent.decode import build_decoder
 from agent.errors import LogFormatError, SourceError
-from agent.source import FrameFeed, LogStats, paced, read_log
+from agent.source import MAX_LINE_CHARS, FrameFeed, LogStats, paced, read_log
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def frames(count: int = 50) -> list[can.Message]:
@@ -54,6 +58,36 @@ def test_malformed_candump_lines_are_named_skipped_and_counted(tmp_path: Path) -
     assert stats.bad_lines == 2 and stats.first_bad.startswith(f"{path}:2: ")
 
 
+def test_a_50_kb_line_is_skipped_and_named_and_a_12_byte_classic_frame_is_not_decoded(tmp_path: Path) -> None:
+    path = tmp_path / "odd.log"
+    huge = "(1.010000) can0 101#" + "00" * 25_000
+    path.write_text(
+        f"(1.000000) can0 101#0000000000000000\n{huge}\n(1.020000) can0 101#001122334455667788990011\n"
+        "(1.030000) can0 101#1027000000000000\n"
+    )
+    stats = LogStats()
+    got = list(read_log(path, stats))
+    assert [len(m.data) for m in got] == [8, 12, 8]
+    assert stats.bad_lines == 1
+    assert (
+        stats.first_bad
+        == f"{path}:2: a line of {len(huge) + 1} characters, longer than any CAN frame: skipped"
+    )
+    decoder = build_decoder(
+        [("can0", [ROOT / "dbc" / "reference_ev.dbc"], "auto")], ["DriveSpeed.VehicleSpeed"]
+    )
+    assert [bool(decoder.decode(m)) for m in got] == [True, False, True]
+    assert decoder.stats.oversize == {("can0", 0x101): 1}
+
+
+def test_a_line_just_at_the_limit_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "long.log"
+    line = "(1.000000) can0 101#0000000000000000"
+    path.write_text(line + " " * (MAX_LINE_CHARS - len(line) - 1) + "\n" + line + "\n")
+    stats = LogStats()
+    assert len(list(read_log(path, stats))) == 2 and stats.bad_lines == 0
+
+
 def test_other_formats_stop_at_a_bad_line_and_name_it(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(
@@ -79,6 +113,30 @@ def test_paced_replay_follows_the_log_clock_at_speed() -> None:
     start = time.monotonic()
     list(paced(frames(1000), None, stop))
     assert time.monotonic() - start < 0.5
+
+
+def test_pacing_restarts_after_a_jump_back_and_skips_long_silences() -> None:
+    stop = threading.Event()
+    drive = frames(151)  # 1.5 s of log
+    later = [can.Message(timestamp=m.timestamp + 86_400, arbitration_id=1, data=b"") for m in drive]
+    start = time.monotonic()
+    list(paced(drive + drive + later, 10.0, stop))  # a drive, itself again, then a day later, at 10x
+    elapsed = time.monotonic() - start
+    assert 0.4 < elapsed < 2.0  # three times 0.15 s: neither rushed through nor a day's wait
+
+
+def test_live_clock_follows_steps_forward_and_absorbs_steps_back() -> None:
+    wall, mono = [1000.0], [50.0]
+    clock = LiveClock(wall=lambda: wall[0], monotonic=lambda: mono[0])
+    assert clock.stamp(1000.0) == 1000.0
+    wall[0], mono[0] = 1001.0, 51.0
+    assert clock.stamp(1000.99) == 1000.99  # no step: the wall clock's time
+    wall[0], mono[0] = 1002.0 - 180, 52.0  # NTP steps the clock 180 s back
+    assert clock.stamp(1002.0 - 180) == 1002.0  # absorbed: times go on, nothing sampled twice
+    wall[0], mono[0] = 1003.0 + 86_400 - 180, 53.0  # then a day forward (a Pi's first NTP sync)
+    assert clock.stamp(1003.0 + 86_400 - 180) == 1003.0 + 86_400  # followed: a gap, never a step back
+    assert [(round(s.seconds), s.followed) for s in clock.steps] == [(-180, False), (86_400, True)]
+    assert clock.step_count == 2
 
 
 def test_feed_ends_only_when_every_producer_ended() -> None:

@@ -4,6 +4,7 @@ The daemon tests listen where systemd would: a datagram socket named by NOTIFY_S
 set. One runs the real ``edge-agent run`` (READY, WATCHDOG at half of WATCHDOG_USEC, STATUS, STOPPING on
 SIGTERM); the other runs the Agent in-process and stalls its pipeline for real, by holding the buffer's
 write lock from here (the pipeline's commit waits on SQLite), and checks that the pings stop and resume.
+They wait on what the listener receives (a number of pings, a status), never for a fixed time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +26,13 @@ import apsw
 import pytest
 
 from agent.service.supervise import (
+    STALL_MARGIN,
+    Heartbeat,
     Notifier,
     Supervisor,
     Watchdog,
     socket_address,
+    stall_threshold,
     watchdog_timeout,
 )
 from tests.harness.broker import Broker
@@ -85,6 +89,17 @@ class Listener:
                 return found[0]
             time.sleep(0.02)
         raise AssertionError(f"no {key} within {timeout} s; got {[m for _, m in self.messages]}")
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll ``condition`` (on what has arrived so far) until it holds, or fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not within {timeout} s; got {[m for _, m in self.messages]}")
+            time.sleep(0.02)
+
+    def pings_after(self, since: float) -> list[float]:
+        return [t for t in self.times("WATCHDOG", "1") if t > since]
 
     def statuses(self) -> list[str]:
         return [m["STATUS"] for _, m in self.messages if "STATUS" in m]
@@ -193,14 +208,27 @@ class Recorder(Notifier):
         return True
 
 
+def beat(clock: Clock, period_s: float = 0.1, ago: float = 0.0) -> Heartbeat:
+    """A heartbeat of declared ``period_s`` on the fake clock, last beaten ``ago`` seconds before now."""
+    heartbeat = Heartbeat(period_s, clock)
+    clock.now -= ago
+    heartbeat.beat()
+    clock.now += ago
+    return heartbeat
+
+
 def test_watchdog_pings_at_half_the_timeout_while_every_stage_beats() -> None:
     clock = Clock()
     notifier = Recorder(watchdog_usec=2_000_000)
     watchdog = Watchdog(notifier, clock=clock)
     assert watchdog.interval_s == 1.0 and watchdog.stall_after_s == 1.0
+    pipeline, uploader = beat(clock), beat(clock)
     pinged = []
-    for _ in range(31):  # 3 s of a supervisor loop ticking every 0.1 s
-        pinged.append(watchdog.tick({"pipeline": clock.now - 0.3, "uploader": clock.now, "done": None}))
+    for _ in range(31):  # 3 s of a supervisor loop ticking every 0.1 s; the pipeline beats every 0.3 s
+        uploader.beat()
+        if round(clock.now * 10) % 3 == 0:
+            pipeline.beat()
+        pinged.append(watchdog.tick({"pipeline": pipeline, "uploader": uploader, "done": None}))
         clock.now += 0.1
     assert [i for i, p in enumerate(pinged) if p] == [0, 10, 20, 30]
     assert notifier.sent == [("WATCHDOG=1",)] * 4
@@ -210,15 +238,17 @@ def test_watchdog_withholds_pings_while_a_stage_is_stalled() -> None:
     clock = Clock()
     notifier = Recorder(watchdog_usec=2_000_000)
     watchdog = Watchdog(notifier, clock=clock)
-    stuck_at = clock.now
-    assert watchdog.tick({"pipeline": stuck_at})
+    pipeline, uploader = beat(clock), beat(clock)
+    assert watchdog.tick({"pipeline": pipeline})
     clock.now += 1.05
-    assert not watchdog.tick({"pipeline": stuck_at})  # silent 1.05 s > 1 s: stalled
+    assert not watchdog.tick({"pipeline": pipeline})  # silent 1.05 s > 1 s: stalled
     assert set(watchdog.stalled) == {"pipeline"}
     for _ in range(50):
         clock.now += 0.1
-        assert not watchdog.tick({"pipeline": stuck_at, "uploader": clock.now})
-    assert watchdog.tick({"pipeline": clock.now, "uploader": clock.now})  # it beats again: ping at once
+        uploader.beat()
+        assert not watchdog.tick({"pipeline": pipeline, "uploader": uploader})
+    pipeline.beat()
+    assert watchdog.tick({"pipeline": pipeline, "uploader": uploader})  # it beats again: ping at once
     assert watchdog.stalled == {}
     assert watchdog.pings == 2
 
@@ -228,8 +258,42 @@ def test_watchdog_without_systemd_tracks_stalls_but_never_pings() -> None:
     watchdog = Watchdog(Notifier({}), clock=clock)
     assert not watchdog.enabled and watchdog.stall_after_s == 15.0
     clock.now += 20
-    assert not watchdog.tick({"pipeline": clock.now - 16})
+    assert not watchdog.tick({"pipeline": beat(clock, ago=16)})
     assert set(watchdog.stalled) == {"pipeline"}
+
+
+def test_the_stall_threshold_follows_each_stages_declared_period() -> None:
+    """WATCHDOG_USEC=1 s: pings every 0.5 s, and 0.5 s is also the uploader's idle wait. Its threshold
+    is STALL_MARGIN periods, so a healthy idle turn (a beat every 0.5 s and a little) is never a stall,
+    while a stage of short period is still held to the watchdog's own threshold."""
+    clock = Clock()
+    notifier = Recorder(watchdog_usec=1_000_000)
+    watchdog = Watchdog(notifier, clock=clock)
+    assert watchdog.stall_after_s == 0.5 and STALL_MARGIN >= 2
+    idle, quick = beat(clock, period_s=0.5), beat(clock, period_s=0.05)
+    assert watchdog.threshold(idle) == stall_threshold(0.5, 0.5) == STALL_MARGIN * 0.5
+    assert watchdog.threshold(quick) == 0.5  # never below the watchdog's own threshold
+    pings = 0
+    for step in range(60):  # 6 s; the idle stage beats every 0.6 s: its wait, plus a slow scheduler
+        clock.now += 0.1
+        quick.beat()
+        if step % 6 == 5:
+            idle.beat()
+        pings += watchdog.tick({"uploader": idle, "pipeline": quick})
+        assert watchdog.stalled == {}, f"a healthy idle stage was reported stalled at step {step}"
+    assert pings >= 11  # every 0.5 s
+    clock.now += STALL_MARGIN * 0.5 + 0.05  # silent past its own threshold: that is a stall
+    quick.beat()
+    assert not watchdog.tick({"uploader": idle, "pipeline": quick})
+    assert set(watchdog.stalled) == {"uploader"}
+    clock.now += 0.55  # and the quick stage, silent past the watchdog's 0.5 s, stalls as well
+    assert not watchdog.tick({"uploader": idle, "pipeline": quick})
+    assert set(watchdog.stalled) == {"uploader", "pipeline"}
+
+
+def test_a_heartbeat_declares_a_positive_period() -> None:
+    with pytest.raises(ValueError, match="period"):
+        Heartbeat(0.0)
 
 
 def test_supervisor_sends_status_only_when_it_changed() -> None:
@@ -255,10 +319,12 @@ def test_supervisor_status_names_a_stalled_stage() -> None:
     clock = Clock()
     notifier = Recorder(watchdog_usec=2_000_000)
     supervisor = Supervisor(notifier, clock=clock)
-    assert not supervisor.tick({"pipeline": clock.now - 5.0, "uploader": clock.now})
+    pipeline, uploader = beat(clock, ago=5.0), beat(clock)
+    assert not supervisor.tick({"pipeline": pipeline, "uploader": uploader})
     supervisor.status("ONLINE: backlog 3 chunks")
     assert notifier.sent == [("STATUS=STALLED (pipeline silent 5.0 s); ONLINE: backlog 3 chunks",)]
-    assert supervisor.tick({"pipeline": clock.now, "uploader": clock.now})
+    pipeline.beat()
+    assert supervisor.tick({"pipeline": pipeline, "uploader": uploader})
     supervisor.status("ONLINE: backlog 3 chunks")
     assert notifier.sent[1:] == [("WATCHDOG=1",), ("STATUS=ONLINE: backlog 3 chunks",)]
     assert supervisor.describe() == {"notify": True, "watchdog_interval_s": 1.0, "stall_after_s": 1.0}
@@ -299,7 +365,14 @@ def test_daemon_notifies_ready_watchdog_status_stopping(
     )
     try:
         ready = listener.wait_for("READY", 10.0)
-        time.sleep(3.5)
+        listener.wait_until(  # 3.5 s of pings at 0.5 s, with the broker up
+            lambda: (
+                len(listener.pings_after(ready)) >= 8
+                and any(s.startswith(("ONLINE:", "DRAINING:")) for s in listener.statuses())
+            ),
+            timeout=20.0,
+            what="8 pings and an ONLINE status",
+        )
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=10)
     finally:
@@ -312,7 +385,7 @@ def test_daemon_notifies_ready_watchdog_status_stopping(
     stopping = listener.times("STOPPING")[0]
     assert all(t >= ready for t in pings), "no ping before READY"
     during = [t for t in pings if t < stopping]
-    assert len(during) >= 5, f"pings every 0.5 s for 3.5 s, got {len(during)}"
+    assert len(during) >= 8, f"pings every 0.5 s for 3.5 s, got {len(during)}"
     intervals = gaps(during)
     assert max(intervals) < 1.0, f"a gap as long as WATCHDOG_USEC: {intervals}"
     assert 0.4 <= sorted(intervals)[len(intervals) // 2] <= 0.7, intervals  # half of WATCHDOG_USEC
@@ -338,18 +411,27 @@ def test_stalled_pipeline_stops_the_watchdog_pings(
     runner.start()
     lock: apsw.Connection | None = None
     try:
-        listener.wait_for("READY", 10.0)
-        time.sleep(3.0)
+        ready = listener.wait_for("READY", 10.0)
+        listener.wait_until(lambda: len(listener.pings_after(ready)) >= 3, 15.0, "3 pings before the stall")
         # Stall the pipeline for real: hold the buffer's write lock, so its next commit waits in SQLite
         # (5 s busy timeout, then it retries after the next commit interval, and waits again).
         lock = apsw.Connection(str(tmp_path / "buffer.sqlite"))
         lock.setbusytimeout(5000)
         lock.execute("BEGIN EXCLUSIVE")
         locked_at = time.monotonic()
-        time.sleep(7.0)
+        listener.wait_until(  # the supervisor says so, and systemd would have seen no ping for 3 s
+            lambda: (
+                any(s.startswith("STALLED (pipeline silent") for s in listener.statuses())
+                and time.monotonic() - max(listener.times("WATCHDOG", "1")) > 3.2
+            ),
+            timeout=15.0,
+            what="a STALLED status and no ping for 3 s",
+        )
         lock.execute("ROLLBACK")
         released_at = time.monotonic()
-        time.sleep(3.0)
+        listener.wait_until(
+            lambda: len(listener.pings_after(released_at + 1.0)) >= 1, 15.0, "the pings resume"
+        )
     finally:
         if lock is not None:
             lock.close()
@@ -359,8 +441,7 @@ def test_stalled_pipeline_stops_the_watchdog_pings(
     pings = listener.times("WATCHDOG", "1")
     before = [t for t in pings if t < locked_at]
     assert len(before) >= 3 and max(gaps(before)) < 1.6, gaps(before)
-    around = [t for t in pings if locked_at - 1.5 < t < released_at + 1.5]
-    longest = max(gaps(around))
+    longest = max(gaps([t for t in pings if t > locked_at - 1.5]))
     assert longest > 3.0, f"systemd (WATCHDOG_USEC=2 s) would have restarted it: longest gap {longest:.1f} s"
     after = [t for t in pings if t > released_at + 1.0]
     assert len(after) >= 1, "the pings resume once the pipeline commits again"
@@ -387,8 +468,15 @@ def test_receiver_notifies_ready_watchdog_status_stopping(
         text=True,
     )
     try:
-        listener.wait_for("READY", 10.0)
-        time.sleep(2.5)
+        ready = listener.wait_for("READY", 10.0)
+        listener.wait_until(
+            lambda: (
+                len(listener.pings_after(ready)) >= 2
+                and any(s.startswith("subscribed: 0 batches stored") for s in listener.statuses())
+            ),
+            timeout=15.0,
+            what="2 pings and a subscribed status",
+        )
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=10)
     finally:
@@ -398,5 +486,4 @@ def test_receiver_notifies_ready_watchdog_status_stopping(
     assert process.returncode == 0, errors
     listener.wait_for("STOPPING", 2.0)
     assert len(listener.times("WATCHDOG", "1")) >= 2
-    assert any(s.startswith("subscribed: 0 batches stored") for s in listener.statuses()), listener.statuses()
     assert "READY" in listener.messages[0][1]

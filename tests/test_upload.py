@@ -1,4 +1,8 @@
-"""The uploader against a real Mosquitto, the test playing the receiver: only acks delete, resends on loss."""
+"""The uploader against a real Mosquitto, the test playing the receiver: only acks delete, resends on loss.
+
+The test's thread reads the uploader only through what it publishes for other threads
+(:meth:`Uploader.status`, its heartbeat) and the buffer file; it waits on those, never for a fixed time.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +15,16 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from structlog.testing import capture_logs
 
 from agent import wire
 from agent.buffer import Buffer
 from agent.chunk import Chunker, SealedChunk
-from agent.config import MqttConfig
-from agent.upload import State, Uploader, UploadSettings
+from agent.config import MqttConfig, UploadConfig
+from agent.upload import State, Uploader
 from agent.wire.values import ChunkId
 from tests.harness.broker import Broker
-from tests.test_buffer import SCHEMA, sealed
+from tests.harness.buffers import SCHEMA, sealed
 
 VIN = "TESTVIN0001"
 
@@ -66,11 +71,20 @@ def buffer_path(tmp_path: Path) -> Path:
 
 
 def start_uploader(broker: Broker, path: Path, **kwargs: float) -> tuple[Uploader, threading.Event]:
+    """A started uploader for ``VIN``, configured as the config file would (``kwargs``: UploadConfig's)."""
     wake = threading.Event()
-    settings = UploadSettings(VIN, "fleet", f"agent-{time.monotonic_ns()}", **kwargs)  # type: ignore[arg-type]
-    uploader = Uploader(settings, MqttConfig(host="127.0.0.1", port=broker.port), path, wake)
+    mqtt = MqttConfig(host="127.0.0.1", port=broker.port, client_id=f"agent-{time.monotonic_ns()}")
+    uploader = Uploader(VIN, UploadConfig(**kwargs), mqtt, path, wake)  # type: ignore[arg-type]
     uploader.start()
     return uploader, wake
+
+
+def wait_turns(uploader: Uploader, turns: int = 2) -> None:
+    """Wait until the uploader's thread has begun ``turns`` more turns of its loop (its heartbeat moved
+    that many times): after two, whatever was posted to it before the call has been handled."""
+    for _ in range(turns):
+        since = uploader.heartbeat.at
+        wait_for(lambda since=since: uploader.heartbeat.at > since)
 
 
 @pytest.fixture
@@ -96,7 +110,7 @@ def test_drains_oldest_first_and_deletes_only_acked(broker: Broker, filled: Path
         wait_for(lambda: backlog(filled) == 0)
         order = [c.seq for b in peer.batches for c in b.chunks]
         assert order == sorted(order) and set(order) == set(range(30))
-        assert uploader.counters.chunks_acked == 30
+        wait_for(lambda: uploader.counters.chunks_acked == 30)  # published after the ack's delete
     finally:
         uploader.stop()
         peer.close()
@@ -105,11 +119,15 @@ def test_drains_oldest_first_and_deletes_only_acked(broker: Broker, filled: Path
 def test_without_acks_nothing_is_deleted_and_everything_is_resent(broker: Broker, filled: Path) -> None:
     acks_on = threading.Event()
     peer = FakeReceiver(broker, policy=lambda n: acks_on.is_set())
-    uploader, _ = start_uploader(broker, filled, ack_timeout_s=0.5, max_inflight_batches=2)
+    uploader, _ = start_uploader(
+        broker, filled, ack_timeout_s=0.5, max_inflight_batches=2, max_batch_bytes=200
+    )
     try:
-        wait_for(lambda: len(peer.batches) >= 2)
-        time.sleep(0.3)
-        assert len(peer.batches) == 2  # the window holds: no more than 2 unacked batches
+        # Unacked, the two batches time out and go again, oldest first: wait for that second round.
+        wait_for(lambda: uploader.counters.resends >= 1 and len(peer.batches) >= 4)
+        window = {c.id for b in peer.batches[:2] for c in b.chunks}
+        assert len(window) < 30  # a batch of 200 bytes holds a few chunks, not the whole backlog
+        assert peer.seen() == window  # the window holds: never more than the 2 unacked batches
         assert backlog(filled) == 30  # a PUBACK deletes nothing
         acks_on.set()
         wait_for(lambda: backlog(filled) == 0)
@@ -124,14 +142,17 @@ def test_broker_restart_goes_offline_then_drains(broker: Broker, buffer_path: Pa
     uploader, wake = start_uploader(broker, buffer_path)
     peer = FakeReceiver(broker)
     try:
-        wait_for(lambda: uploader.state is State.ONLINE)
+        wait_for(lambda: uploader.status().state is State.ONLINE)
         broker.stop(kill=True)
-        wait_for(lambda: uploader.state is State.OFFLINE)
+        wait_for(lambda: uploader.status().state is State.OFFLINE)
+        sent = uploader.counters.batches_sent
         buffer = Buffer(buffer_path)
         buffer.append(buffer.schema_id(SCHEMA), sealed(b"C" * 16, 10))
         buffer.close()
-        wake.set()
-        time.sleep(0.5)
+        wake.set()  # as the pipeline does after a commit
+        wait_turns(uploader)  # the uploader has seen the commit ...
+        assert uploader.status().state is State.OFFLINE  # ... and, offline, sent nothing
+        assert uploader.counters.batches_sent == sent
         assert backlog(buffer_path) == 10
         peer.close()
         broker.start()
@@ -148,14 +169,17 @@ def test_an_ack_for_another_vin_or_garbage_deletes_nothing(broker: Broker, fille
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
     try:
-        wait_for(lambda: uploader.state is not State.OFFLINE)
+        wait_for(lambda: uploader.status().state is not State.OFFLINE)
         ids = [ChunkId(b"B" * 16, n) for n in range(30)]
-        client.publish(f"fleet/{VIN}/ack", wire.encode_ack("SOMEONE-ELSE", ids), qos=1).wait_for_publish()
-        client.publish(f"fleet/{VIN}/ack", b"\x00garbage", qos=1).wait_for_publish()
-        time.sleep(0.5)
-        assert backlog(filled) == 30
-        client.publish(f"fleet/{VIN}/ack", wire.encode_ack(VIN, ids[:5]), qos=1).wait_for_publish()
-        wait_for(lambda: backlog(filled) == 25)
+        with capture_logs() as logs:
+            for payload in (wire.encode_ack("SOMEONE-ELSE", ids), b"\x00garbage"):
+                client.publish(f"fleet/{VIN}/ack", payload, qos=1).wait_for_publish()
+            wait_for(lambda: sum(e["event"] == "ack_rejected" for e in logs) == 2)  # both seen, refused
+            assert backlog(filled) == 30
+            client.publish(f"fleet/{VIN}/ack", wire.encode_ack(VIN, ids[:5]), qos=1).wait_for_publish()
+            wait_for(lambda: backlog(filled) == 25)
+        reasons = [e["reason"] for e in logs if e["event"] == "ack_rejected"]
+        assert "ack names vin 'SOMEONE-ELSE'" in reasons[0] and len(reasons) == 2
     finally:
         uploader.stop()
         client.disconnect()

@@ -22,4 +22,6 @@ def run(args: argparse.Namespace) -> int:
     agent.install_signal_handlers()
     agent.start()
     result = agent.run(until_drained=False)
+    if result.failed:  # a stage died (logged as stage_failed): exit 1, so that systemd restarts us
+        return 1
     return 0 if result.backlog.chunks == 0 or agent.stop_event.is_set() else 1

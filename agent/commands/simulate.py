@@ -1,6 +1,8 @@
 """``edge-agent simulate``: record a synthetic drive of the reference EV as a candump log.
 
-The same ``--personality``, ``--duration`` and ``--seed`` always give the same file, byte for byte.
+The same ``--personality``, ``--duration`` and ``--seed`` always give the same file, byte for byte. Without
+``--dbc`` it encodes with the reference EV's DBC wherever it is (:func:`agent.sim.default_dbc`: the
+checkout's ``dbc/``, or ``/usr/share/edge-agent/dbc`` of the installed package).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Iterable, Iterator
 import can
 
 from agent.errors import SourceError
-from agent.sim import DEFAULT_DBC, PERSONALITIES, simulate, write_log
+from agent.sim import PERSONALITIES, default_dbc, simulate, write_log
 
 HELP = "record a deterministic synthetic drive of the reference EV as a candump log (.log or .log.gz)"
 
@@ -25,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, required=True, metavar="S", help="seconds to drive")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--out", required=True, help="log to write: *.log, or *.log.gz for gzip")
-    parser.add_argument("--dbc", default=str(DEFAULT_DBC), help=f"DBC to encode with (default {DEFAULT_DBC})")
+    parser.add_argument(
+        "--dbc", help="DBC to encode with (default: the reference EV's, from the checkout or the package)"
+    )
     parser.add_argument("--channel", default="can0", help="channel name written in the log (default can0)")
     parser.add_argument(
         "--start-time",
@@ -57,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.duration > 0:
         raise SourceError(f"--duration must be more than 0 seconds, not {args.duration}")
     began = time.monotonic()
-    frames = simulate(args.personality, args.duration, args.seed, args.dbc, args.start_time, args.channel)
+    dbc = args.dbc if args.dbc is not None else default_dbc()
+    frames = simulate(args.personality, args.duration, args.seed, dbc, args.start_time, args.channel)
     if args.duration > PROGRESS_ABOVE_S:
         frames = _progress(frames, args.start_time, args.duration)
     count = write_log(args.out, frames)

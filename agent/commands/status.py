@@ -1,13 +1,20 @@
 """``edge-agent status``: state, backlog, last ack, drops and time to drain.
 
 From the running daemon's status file when it is alive (refreshed every second), otherwise from the
-buffer file itself (state then shows as STOPPED).
+buffer file itself (state then shows as STOPPED), opened read-only: this command never creates the
+buffer's folder, database or tables (run as root before the service's first start, a file it created
+would belong to root and the service could not open it).
+
+Exit status: 0 with a report; 1 when there is no buffer yet at the configured path (the agent has not
+run, or ``buffer.path`` names the wrong place), said in one line on stderr, nothing on stdout (with
+``--json`` too); 2 on a bad config or an unreadable buffer (the CLI's one-line error).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +24,7 @@ from agent.config import DEFAULT_AGENT_CONFIG, load_agent_config
 from agent.status import StatusReport, find_status_file, read_status_file
 
 HELP = "print the agent's state, backlog, last ack, drops and time to drain"
+NO_BUFFER = 1  # the exit status when there is no buffer yet (the agent has not run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +37,8 @@ def _ago(moment: float | None, now: float) -> str:
 
 
 def from_buffer(config_vin: str, path: Path) -> StatusReport:
-    buffer = Buffer(path)
+    """The report from the buffer file's totals; it must exist (it is only read)."""
+    buffer = Buffer(path, read_only=True)
     try:
         stats = buffer.stats()
     finally:
@@ -40,6 +49,12 @@ def from_buffer(config_vin: str, path: Path) -> StatusReport:
 def run(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config)
     live = next(filter(None, map(read_status_file, find_status_file(config.buffer.path))), None)
+    if live is None and not config.buffer.path.exists():
+        print(
+            f"edge-agent status: no buffer yet at {config.buffer.path} (the agent has not run)",
+            file=sys.stderr,
+        )
+        return NO_BUFFER
     report = live or from_buffer(config.vin, config.buffer.path)
     if args.json:
         print(json.dumps({**asdict(report), "source": "daemon" if live else "buffer file"}))

@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO, cast
 
 import structlog
 
@@ -273,6 +273,16 @@ def program_name() -> str:
 # --- configuration ---------------------------------------------------------------------------------------
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at each event, so a redirected or replaced stderr is followed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(
     level: str = "info",
     fmt: str = "auto",
@@ -314,7 +324,7 @@ def configure(
             renderer,
         ],
         wrapper_class=wrapper,
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
     if wanted == "journal":

@@ -37,6 +37,10 @@ class MqttSettings(Protocol):
     def tls(self) -> bool: ...
     @property
     def ca_file(self) -> Path | None: ...
+    @property
+    def cert_file(self) -> Path | None: ...
+    @property
+    def key_file(self) -> Path | None: ...
 
     def password(self) -> str | None: ...
 
@@ -49,9 +53,16 @@ def make_client(
     if settings.username:
         client.username_pw_set(settings.username, settings.password())
     if settings.tls:
-        client.tls_set(
-            ca_certs=str(settings.ca_file) if settings.ca_file else None, tls_version=ssl.PROTOCOL_TLS_CLIENT
-        )
+        try:
+            client.tls_set(
+                ca_certs=str(settings.ca_file) if settings.ca_file else None,
+                certfile=str(settings.cert_file) if settings.cert_file else None,
+                keyfile=str(settings.key_file) if settings.key_file else None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        except (OSError, ssl.SSLError) as error:  # a file unreadable, or the key not the certificate's
+            files = ", ".join(str(p) for p in (settings.ca_file, settings.cert_file, settings.key_file) if p)
+            raise ConfigError(f"mqtt: cannot load the TLS files ({files}): {error}") from error
     client.user_data_set({"persistent": persistent})
     return client
 
@@ -89,6 +100,8 @@ class MqttConfig:
     password_file: Path | None = None
     tls: bool = False
     ca_file: Path | None = None
+    cert_file: Path | None = None  # a client certificate (PEM) and its key: the broker's proof of identity
+    key_file: Path | None = None
 
     def password(self) -> str | None:
         """The password read from ``password_file`` (trailing newline stripped), or ``None``."""
@@ -103,6 +116,11 @@ class MqttConfig:
 def check_mqtt(mqtt: MqttConfig, view: SectionView) -> None:
     if mqtt.ca_file is not None and not mqtt.tls:
         view.error("ca_file", "is set but tls is false (set tls: true or remove ca_file)")
+    if (mqtt.cert_file is None) != (mqtt.key_file is None):
+        key, other = ("cert_file", "key_file") if mqtt.cert_file else ("key_file", "cert_file")
+        view.error(key, f"is set without {other} (a client certificate needs both)")
+    elif mqtt.cert_file is not None and not mqtt.tls:
+        view.error("cert_file", "is set but tls is false (set tls: true, or remove cert_file and key_file)")
     if mqtt.password_file is not None and mqtt.username is None:
         view.error("password_file", "is set without a username (MQTT sends a password only with one)")
 
@@ -119,5 +137,7 @@ MQTT_FIELDS: dict[str, Value[Any]] = {
     "password_file": Nullable(FilePath(must_exist=True)),
     "tls": Boolean(),
     "ca_file": Nullable(FilePath(must_exist=True)),
+    "cert_file": Nullable(FilePath(must_exist=True)),
+    "key_file": Nullable(FilePath(must_exist=True)),
 }
 MQTT_CHECKS: tuple[Check[MqttConfig], ...] = (check_mqtt,)

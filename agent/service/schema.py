@@ -19,7 +19,7 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -68,8 +68,10 @@ class _Reported(Exception):
     """A container whose children failed; their issues are already recorded."""
 
 
-def suggest(word: str, candidates: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
+def suggest(word: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or an empty string.
+
+    The one "did you mean" of both products: config keys and choices, signal names, VINs, verbs."""
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -443,10 +445,10 @@ def load_document(path: Path | str, root: Section[T], *, check_files: bool = Fal
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+    except FileNotFoundError as error:  # the cause stays chained for debugging; the message is one line
+        raise ConfigError(f"{path}: config file not found") from error
     except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: config file is not UTF-8 text ({error.reason})") from None
+        raise ConfigError(f"{path}: config file is not UTF-8 text ({error.reason})") from error
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read config file: {error.strerror or error}") from None
+        raise ConfigError(f"{path}: cannot read config file: {error.strerror or error}") from error
     return parse_document(text, str(path), path.parent, root, check_files=check_files)

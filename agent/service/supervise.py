@@ -10,14 +10,17 @@ Without ``$NOTIFY_SOCKET`` every call is a no-op: the agent runs the same way fr
 never raises; a failure is logged once and counted.
 
 The :class:`Watchdog` pings only while every stage is alive: the daemon's loop hands it each stage's
-heartbeat (a ``time.monotonic()`` stamp that the stage's thread moves on every loop, such as
-``Pipeline.alive_at``), and a stage silent for longer than the stall threshold holds the pings back, so
-that systemd restarts a process whose pipeline is stuck even though its main thread is fine.
+:class:`Heartbeat` (a ``time.monotonic()`` stamp that the stage's thread moves on every turn of its loop,
+with the stage's declared period: the longest a healthy stage goes between two beats), and a stage
+silent for longer than its stall threshold (:func:`stall_threshold`: the watchdog's own threshold, or
+``STALL_MARGIN`` times the stage's period if that is longer) holds the pings back, so that systemd
+restarts a process whose pipeline is stuck even though its main thread is fine, while a short
+``WATCHDOG_USEC`` never reports a healthy stage in its idle wait as stalled.
 
 Threading contract: :class:`Notifier`, :class:`Watchdog` and :class:`Supervisor` belong to one thread,
-the supervisor's (the main thread of ``edge-agent run``), which alone sends notifications. Stage threads
-only move their heartbeat attributes (a float assignment, atomic in CPython); they never notify, because
-a ping must prove that the supervisor *and* every stage are alive.
+the supervisor's (the main thread of ``edge-agent run``), which alone sends notifications. A stage's
+thread only calls :meth:`Heartbeat.beat` on its own heartbeat (see :class:`Heartbeat` for why no lock is
+needed); stages never notify, because a ping must prove that the supervisor *and* every stage are alive.
 """
 
 from __future__ import annotations
@@ -33,6 +36,42 @@ from agent.service.logs import get_logger
 log = get_logger("agent.service.supervise")
 
 DEFAULT_STALL_S = 15.0  # the stall threshold when no watchdog is configured (stalls are still logged)
+STALL_MARGIN = 2.0  # a stage is stalled after this many of its declared periods without a beat
+
+
+class Heartbeat:
+    """A stage's proof of life: moved by the stage's own thread, read by the supervisor's.
+
+    ``period_s`` is the stage's declared period, fixed at creation: the longest a healthy stage goes
+    between two beats (its longest idle wait, such as the uploader's wait for work).
+
+    Threading: only the owning thread calls :meth:`beat`; any thread reads :attr:`at`. The stamp is one
+    float attribute replaced whole on each beat, an immutable value swapped atomically, so a reader sees
+    the previous or the new stamp, never a torn one; no lock is needed and the beat never blocks.
+    """
+
+    __slots__ = ("_at", "_clock", "period_s")
+
+    def __init__(self, period_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not period_s > 0:
+            raise ValueError(f"a heartbeat's period must be > 0 s, got {period_s!r}")
+        self.period_s = period_s
+        self._clock = clock
+        self._at = clock()
+
+    def beat(self) -> None:
+        """Now is a sign of life (owning thread only)."""
+        self._at = self._clock()
+
+    @property
+    def at(self) -> float:
+        """The last beat, on the ``clock`` (``time.monotonic()``)."""
+        return self._at
+
+
+def stall_threshold(stall_after_s: float, period_s: float) -> float:
+    """How long a stage of declared ``period_s`` may stay silent before the watchdog calls it stalled."""
+    return max(stall_after_s, STALL_MARGIN * period_s)
 
 
 def socket_address(value: str) -> str | None:
@@ -120,10 +159,10 @@ def _status(text: str | None) -> tuple[str, ...]:
 class Watchdog:
     """Pings the watchdog from the supervisor's loop, but only while every stage's heartbeat is fresh.
 
-    ``stall_after_s`` defaults to half the watchdog timeout (``DEFAULT_STALL_S`` without a watchdog):
-    a stage silent for longer is stalled, and the pings stop until it beats again, so the manager
-    restarts the service within about ``stall_after_s`` + ``WatchdogSec=``. Stalls and recoveries are
-    logged once each, with or without a watchdog.
+    ``stall_after_s`` defaults to half the watchdog timeout (``DEFAULT_STALL_S`` without a watchdog).
+    A stage is stalled once silent for longer than ``stall_threshold(stall_after_s, its period)``, and
+    the pings stop until it beats again, so the manager restarts the service within about that
+    threshold + ``WatchdogSec=``. Stalls and recoveries are logged once each, with or without a watchdog.
     """
 
     def __init__(
@@ -146,22 +185,23 @@ class Watchdog:
     def enabled(self) -> bool:
         return self.interval_s is not None
 
-    def tick(self, heartbeats: Mapping[str, float | None]) -> bool:
-        """Call on every loop of the supervisor. ``heartbeats`` maps a stage's name to its last beat
-        (``time.monotonic()``), or to ``None`` for a stage that is done and no longer has to beat.
-        Returns True when it sent a ping."""
+    def threshold(self, heartbeat: Heartbeat) -> float:
+        """The silence after which the stage that owns ``heartbeat`` is stalled."""
+        return stall_threshold(self.stall_after_s, heartbeat.period_s)
+
+    def tick(self, heartbeats: Mapping[str, Heartbeat | None]) -> bool:
+        """Call on every loop of the supervisor. ``heartbeats`` maps a stage's name to its
+        :class:`Heartbeat` (on this watchdog's clock), or to ``None`` for a stage that is done and no
+        longer has to beat. Returns True when it sent a ping."""
         now = self.clock()
-        stalled = {
-            name: now - beat
-            for name, beat in heartbeats.items()
-            if beat is not None and now - beat > self.stall_after_s
-        }
+        live = {name: beat for name, beat in heartbeats.items() if beat is not None}
+        stalled = {name: now - beat.at for name, beat in live.items() if now - beat.at > self.threshold(beat)}
         for name in stalled.keys() - self.stalled.keys():
             log.error(
                 "stage_stalled",
                 stage=name,
                 silent_s=round(stalled[name], 1),
-                stall_after_s=self.stall_after_s,
+                stall_after_s=self.threshold(live[name]),
                 reason="no heartbeat: watchdog pings withheld" if self.enabled else "no heartbeat",
             )
         for name in self.stalled.keys() - stalled.keys():
@@ -206,7 +246,7 @@ class Supervisor:
             self._status = status
             self.notifier.ready(status)
 
-    def tick(self, heartbeats: Mapping[str, float | None]) -> bool:
+    def tick(self, heartbeats: Mapping[str, Heartbeat | None]) -> bool:
         """On every loop: ping the watchdog if every stage beats (see :meth:`Watchdog.tick`)."""
         return self.watchdog.tick(heartbeats)
 

@@ -18,7 +18,7 @@ import io
 import math
 import os
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,14 @@ from agent.errors import DbcError, SourceError
 from agent.sim.drive import PERSONALITIES, Driver
 from agent.sim.physics import Vehicle, VehicleState
 
-__all__ = ["DEFAULT_DBC", "PERSONALITIES", "STEP_S", "frame_checksum", "simulate", "write_log"]
+__all__ = ["DBC_PLACES", "PERSONALITIES", "STEP_S", "default_dbc", "frame_checksum", "simulate", "write_log"]
 
-DEFAULT_DBC = Path(__file__).resolve().parents[2] / "dbc" / "reference_ev.dbc"
+# Where the reference EV's DBC is: beside the package in a checkout, or where the Debian package installs
+# it (packaging/deb/build.py: /usr/share/edge-agent/dbc; the package's code is in /opt/edge-agent/venv).
+DBC_PLACES = (
+    Path(__file__).resolve().parents[2] / "dbc" / "reference_ev.dbc",
+    Path("/usr/share/edge-agent/dbc/reference_ev.dbc"),
+)
 STEP_S = 0.01
 _STEP_US = 10_000
 _JITTER_US = 250
@@ -108,6 +113,19 @@ class _Slot:
     counter: bool
     checksum_index: int | None
     sent: int = 0
+
+
+def default_dbc(places: Sequence[Path] | None = None) -> Path:
+    """The reference EV's DBC: the first of ``places`` (default :data:`DBC_PLACES`) that is a file.
+
+    Raises :class:`DbcError` naming every place tried when none is.
+    """
+    places = DBC_PLACES if places is None else places
+    for place in places:
+        if place.is_file():
+            return place
+    tried = ", ".join(str(place) for place in places)
+    raise DbcError(f"the reference EV's DBC is in none of {tried}: name one with --dbc FILE")
 
 
 def _load(dbc_path: str | Path) -> Any:

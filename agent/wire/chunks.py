@@ -1,28 +1,43 @@
-"""A sealed chunk's message (``pb.Chunk``): what the agent's buffer stores and a batch may carry as is.
+"""What the agent's buffer stores: a sealed chunk's message (``pb.Chunk``) and the schema beside it.
 
-A chunk is coded once, when it is sealed (:func:`chunk_message`): its ticks as delta-of-delta, every
-integer signal's residuals (:mod:`agent.wire.quantizer`, closed-loop) in one flat list with a count per signal,
-and, only for the signals that need them, presence runs, floats and exactly-sent values (``extras``).
-It decodes alone (:func:`decode_chunk`). :class:`Parts` takes a stored chunk apart for
-:mod:`agent.wire.packed`.
+A chunk is coded once, when it is sealed (:func:`encode_chunk`): its ticks as delta-of-delta, every
+integer signal's residuals (:mod:`agent.wire.quantizer`, closed-loop) in one flat list with a count per
+signal, and, only for the signals that need them, presence runs, floats and exactly-sent values
+(``extras``). It decodes alone (:func:`decode_chunk`). :class:`Parts` takes a stored chunk apart for
+:mod:`agent.wire.packed`, which lays the chunks of a batch out signal by signal. The schema travels as a
+``pb.Schema``: stored once beside the chunks (:func:`schema_bytes`) and in every batch's header
+(:func:`schema_message`).
 
-Contract: pure functions, safe from any thread. :func:`chunk_message` raises ``ValueError`` on input
-that is not a chunk of the schema; :func:`decode_chunk` and :class:`Parts` raise
-:class:`~agent.errors.WireError` on inconsistent messages, before allocating for them.
+Contract
+- Pure functions; the caller owns every argument (read, never kept). The one shared state is a small
+  cache of per-schema plans, keyed by the schema's digest, whose writes are atomic under the GIL: safe
+  from any thread.
+- :func:`encode_chunk` raises ``ValueError`` on input that is not a chunk of the schema (ticks that do
+  not increase, columns of the wrong length, a value that is not a raw CAN value).
+- :func:`decode_chunk`, :class:`Parts` and :func:`schema_from_message` raise
+  :class:`~agent.errors.WireError` on inconsistent messages, before allocating for them; a chunk claiming
+  more than :data:`MAX_CHUNK_SAMPLES` samples is refused.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from fractions import Fraction
 from itertools import accumulate, chain, pairwise, repeat
 
+from google.protobuf.message import DecodeError
+
 from agent.errors import WireError
-from agent.wire import quantizer as columns
+from agent.wire import predictors, quantizer
 from agent.wire import telemetry_pb2 as pb
-from agent.wire.values import ChunkData, Schema
+from agent.wire.values import ChunkData, Schema, SignalSpec
 
 MAX_CHUNK_SAMPLES = 1_000_000  # a chunk claiming more is refused before anything is allocated
 _SIGNED_END = 1 << 63
+
+
+# --- ticks and columns ---------------------------------------------------------------------------------
 
 
 def tick_dods(ticks: Sequence[int]) -> list[int]:
@@ -32,10 +47,11 @@ def tick_dods(ticks: Sequence[int]) -> list[int]:
         at = next(index for index, delta in enumerate(deltas) if delta <= 0)
         raise ValueError(f"ticks must increase: {ticks[at]} then {ticks[at + 1]}")
     dods = [after - before for before, after in zip(chain((1,), deltas), deltas, strict=False)]
-    return columns.trim(dods)
+    return quantizer.trim(dods)
 
 
 def ticks_from(first: int, count: int, dods: Sequence[int]) -> list[int]:
+    """The inverse of :func:`tick_dods`: ``count`` ticks from the first one."""
     if not dods:
         return list(range(first, first + count))
     deltas = accumulate(chain(dods, repeat(0, count - 1 - len(dods))), initial=1)
@@ -43,10 +59,11 @@ def ticks_from(first: int, count: int, dods: Sequence[int]) -> list[int]:
     return list(accumulate(deltas, initial=first)) if count else []
 
 
-def fill_column(message: pb.Column, coded: columns.Coded, residuals: bool = True) -> None:
+def fill_column(message: pb.Column, coded: quantizer.Coded, residuals: bool = True) -> None:
+    """Write a coded column into ``message`` (its residuals trimmed, unless ``residuals`` is false)."""
     message.presence_runs.extend(coded.runs)
     if residuals:
-        message.residuals.extend(columns.trim(coded.residuals))
+        message.residuals.extend(quantizer.trim(coded.residuals))
     message.floats.extend(coded.floats)
     if coded.exact:
         message.exact_gaps.extend(coded.exact_gaps)
@@ -58,10 +75,11 @@ def fill_column(message: pb.Column, coded: columns.Coded, residuals: bool = True
             message.exact.extend(coded.exact)
 
 
-def coded_of(message: pb.Column, residuals: list[int] | None = None) -> columns.Coded:
+def coded_of(message: pb.Column, residuals: list[int] | None = None) -> quantizer.Coded:
+    """The inverse of :func:`fill_column` (``residuals``, when given, stand for the message's own)."""
     if message.exact and message.exact_unsigned:
         raise WireError("a column has both signed and unsigned exact values")
-    return columns.Coded(
+    return quantizer.Coded(
         list(message.presence_runs),
         list(message.residuals) if residuals is None else residuals,
         list(message.floats),
@@ -70,20 +88,15 @@ def coded_of(message: pb.Column, residuals: list[int] | None = None) -> columns.
     )
 
 
-_PLANS: dict[bytes, tuple[int, ...]] = {}  # schema digest -> per signal: 1 hold, 2 linear (vectorized), 0
+# --- chunks --------------------------------------------------------------------------------------------
+
+_PLANS: dict[bytes, tuple[str | None, ...]] = {}  # schema digest -> quantizer.fast_path of each signal
 
 
-def _plan(schema: Schema) -> tuple[int, ...]:
-    """Which signals may take the vectorized path: integer, lossless, not an angle, hold or linear."""
+def _plan(schema: Schema) -> tuple[str | None, ...]:
     plan = _PLANS.get(schema.digest)
     if plan is None:
-        codes = [columns.coding(spec) for spec in schema.signals]
-        plan = tuple(
-            0
-            if spec.is_float or spec.bound_raw or code.period
-            else {"hold": 1, "linear": 2}.get(code.predictor, 0)
-            for spec, code in zip(schema.signals, codes, strict=True)
-        )
+        plan = tuple(quantizer.fast_path(spec) for spec in schema.signals)
         if len(_PLANS) > 64:
             _PLANS.clear()
         _PLANS[schema.digest] = plan
@@ -91,7 +104,11 @@ def _plan(schema: Schema) -> tuple[int, ...]:
 
 
 def chunk_message(schema: Schema, chunk: ChunkData) -> pb.Chunk:
-    """One chunk coded (closed-loop) into its message; ``ValueError`` on inconsistent input."""
+    """One chunk coded (closed-loop) into its message; ``ValueError`` on inconsistent input.
+
+    The first pass takes the vectorized path where it may; when protobuf refuses a residual beyond 64
+    bits, the second (``careful``) pass sends such values exactly instead.
+    """
     count = len(chunk.ticks)
     if len(chunk.columns) != len(schema.signals):
         raise ValueError(f"chunk has {len(chunk.columns)} columns, schema {len(schema.signals)}")
@@ -101,18 +118,18 @@ def chunk_message(schema: Schema, chunk: ChunkData) -> pb.Chunk:
     message = pb.Chunk(boot_id=chunk.boot_id, seq=chunk.seq, sample_count=count)
     message.first_tick = chunk.ticks[0] if chunk.ticks else 0
     message.tick_dod.extend(tick_dods(chunk.ticks))
-    plan = _plan(schema) if count else (0,) * len(schema.signals)
+    plan = _plan(schema) if count else (None,) * len(schema.signals)
     for careful in (False, True):
         flat: list[int] = []
         counts: list[int] = []
-        extras: list[tuple[int, columns.Coded]] = []
-        for index, (kind, spec, column) in enumerate(zip(plan, schema.signals, chunk.columns, strict=True)):
-            residuals = columns.vectorized(column, kind == 2) if kind and not careful else None
+        extras: list[tuple[int, quantizer.Coded]] = []
+        for index, (fast, spec, column) in enumerate(zip(plan, schema.signals, chunk.columns, strict=True)):
+            residuals = quantizer.vectorized(column, fast == "linear") if fast and not careful else None
             if residuals is not None:
-                residuals = columns.trim(residuals)
+                residuals = quantizer.trim(residuals)
             else:
-                part = columns.encode(column, spec, careful=careful)
-                residuals = columns.trim(part.residuals)
+                part = quantizer.encode(column, spec, careful=careful)
+                residuals = quantizer.trim(part.residuals)
                 if part.runs or part.floats or part.exact:
                     extras.append((index, part))
             flat += residuals
@@ -129,6 +146,11 @@ def chunk_message(schema: Schema, chunk: ChunkData) -> pb.Chunk:
         message.residual_counts.extend(counts)
         return message
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def encode_chunk(schema: Schema, chunk: ChunkData) -> bytes:
+    """Serialize one chunk (a ``Chunk`` message); called once, when the chunk is sealed."""
+    return chunk_message(schema, chunk).SerializeToString()
 
 
 class Parts:
@@ -155,18 +177,82 @@ class Parts:
         if len(self.extras) != len(message.extras) or any(index >= signals for index in self.extras):
             raise WireError(f"chunk {message.seq}: extras of unknown or repeated signals")
 
-    def coded(self, index: int) -> columns.Coded:
-        residuals = self.residuals[self.offsets[index] : self.offsets[index + 1]]
+    def residuals_of(self, index: int) -> list[int]:
+        """Signal ``index``'s residuals (trailing zeros omitted, as stored)."""
+        return self.residuals[self.offsets[index] : self.offsets[index + 1]]
+
+    def coded(self, index: int) -> quantizer.Coded:
         extra = self.extras.get(index)
         if extra is None:
-            return columns.Coded([], residuals, [], [], [])
-        return coded_of(extra, residuals)
+            return quantizer.Coded([], self.residuals_of(index), [], [], [])
+        return coded_of(extra, self.residuals_of(index))
 
 
 def decode_chunk(schema: Schema, message: pb.Chunk) -> ChunkData:
+    """The inverse of :func:`chunk_message`."""
     parts = Parts(schema, message)
     ticks = ticks_from(message.first_tick, parts.count, message.tick_dod)
     values = [
-        columns.decode(parts.coded(index), parts.count, spec) for index, spec in enumerate(schema.signals)
+        quantizer.decode(parts.coded(index), parts.count, spec) for index, spec in enumerate(schema.signals)
     ]
     return ChunkData(bytes(message.boot_id), message.seq, ticks, values)
+
+
+# --- the schema ----------------------------------------------------------------------------------------
+
+
+def schema_message(schema: Schema) -> pb.Schema:
+    message = pb.Schema(rate_num=schema.rate.numerator, rate_den=schema.rate.denominator)
+    for spec in schema.signals:
+        code = quantizer.coding(spec)
+        message.signals.add(
+            name=spec.name,
+            scale=spec.scale,
+            offset=spec.offset,
+            kind=pb.VALUE_KIND_FLOAT if spec.is_float else pb.VALUE_KIND_INTEGER,
+            integer_scaled=spec.integer_scaled,
+            bound_raw=spec.bound_raw,
+            predictor=predictors.WIRE_PREDICTORS[code.predictor],
+            angle_period=code.period,
+            angle_low=code.low,
+        )
+    return message
+
+
+def schema_from_message(message: pb.Schema) -> Schema:
+    if message.rate_num == 0 or message.rate_den == 0:
+        raise WireError(f"schema has an invalid rate {message.rate_num}/{message.rate_den}")
+    specs = []
+    for signal in message.signals:
+        if signal.predictor not in predictors.PREDICTOR_NAMES:
+            raise WireError(f"{signal.name}: unknown predictor {signal.predictor}")
+        if not (math.isfinite(signal.scale) and math.isfinite(signal.offset)):
+            raise WireError(f"{signal.name}: scale and offset must be finite")
+        if signal.angle_period == 1:
+            raise WireError(f"{signal.name}: an angle period of 1 raw unit")
+        name = predictors.PREDICTOR_NAMES[signal.predictor]
+        code = predictors.Coding(name, signal.angle_period, signal.angle_low)
+        specs.append(
+            SignalSpec(
+                name=signal.name,
+                scale=signal.scale,
+                offset=signal.offset,
+                is_float=signal.kind == pb.VALUE_KIND_FLOAT,
+                integer_scaled=signal.integer_scaled,
+                bound_raw=signal.bound_raw,
+                predictor=str(code),
+            )
+        )
+    return Schema(Fraction(message.rate_num, message.rate_den), tuple(specs))
+
+
+def schema_bytes(schema: Schema) -> bytes:
+    """A schema as stored beside the chunks in the agent's buffer."""
+    return schema_message(schema).SerializeToString()
+
+
+def schema_from_bytes(data: bytes) -> Schema:
+    try:
+        return schema_from_message(pb.Schema.FromString(data))
+    except DecodeError as error:
+        raise WireError(f"schema does not parse: {error}") from error

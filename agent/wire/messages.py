@@ -1,33 +1,36 @@
-"""The wire codec: the one module that both the agent and the receiver import, so they cannot drift.
+"""What travels over MQTT: every payload is an ``Envelope`` around a batch, an ack or a status.
+
+The envelope carries :data:`WIRE_VERSION` (a side refuses a version it does not speak, rather than
+guess), the body's kind and its compression (:data:`COMPRESSIONS`; a batch is compressed, an ack or a
+status is not). A batch (:func:`encode_batch`) is a header (VIN, schema, eviction notices, send time)
+and the stored chunks (:mod:`agent.wire.chunks`), packed signal by signal (:mod:`agent.wire.packed`)
+when they fit the schema, else as they are. An ack names the chunks the receiver stored and the
+eviction notices it recorded; a status is the agent's ``pb.Status``.
 
 Contract
-- Pure functions, no I/O, no shared state: safe from any thread.
-- ``encode_chunk`` is closed-loop (:mod:`agent.wire.quantizer`): every reconstructed raw value is within
-  ``bound_raw`` of the truth (modulo the period for an angle), equal when it is 0 and for every float.
-- A chunk decodes alone: every column starts from a fresh predictor. ``encode_batch`` lays the stored
-  chunks out signal by signal (:mod:`agent.wire.packed`), which only changes how the bytes are arranged, so a
-  batch decodes alone, in any order, on any receiver, with no per-vehicle state.
+- Pure functions, no I/O, no shared state: safe from any thread. The caller owns what it passes in
+  and what it gets back (a :class:`DecodedBatch` shares nothing with the payload).
+- Packing only changes how the bytes are arranged, so a batch decodes alone, in any order, on any
+  receiver, with no per-vehicle state, to exactly what each stored chunk decodes to.
+- Limits: a body that inflates past :data:`MAX_BODY_BYTES` is refused before it is allocated;
+  ``encode_*`` raise ``ValueError`` on an unknown compression.
 - ``decode_*`` raise :class:`agent.errors.WireError` (never a protobuf, zlib or zstd exception) on garbage.
 """
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from agent.errors import WireError
-from agent.wire import chunks as sealed
-from agent.wire import packed as packing
-from agent.wire import predictors as predict
-from agent.wire import quantizer as columns
 from agent.wire import telemetry_pb2 as pb
-from agent.wire.values import ChunkData, ChunkId, Schema, SignalSpec
+from agent.wire.chunks import decode_chunk, schema_from_message, schema_message
+from agent.wire.packed import pack, unpack
+from agent.wire.values import ChunkData, ChunkId, Schema
 
 zstandard: Any
 try:
@@ -37,80 +40,10 @@ except ImportError:  # pragma: no cover - zstandard is a dependency; a receiver 
 
 WIRE_VERSION = 1
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a decompressed body past this is refused, not allocated
-MAX_CHUNK_SAMPLES = sealed.MAX_CHUNK_SAMPLES
 COMPRESSIONS = ("zstd", "zlib", "none")
 DEFAULT_COMPRESSION = "zstd"  # chosen by measurement: see tests/harness/bench_codec.py and the README
 ZLIB_LEVEL = 9
 ZSTD_LEVEL = 13  # measured: level 15 saves 2 % more bytes for +1 µs/sample; 19 saves nothing more
-
-
-# --- chunks --------------------------------------------------------------------------------------------
-
-
-def encode_chunk(schema: Schema, chunk: ChunkData) -> bytes:
-    """Serialize one chunk (a ``Chunk`` message); called once, when the chunk is sealed."""
-    return sealed.chunk_message(schema, chunk).SerializeToString()
-
-
-# --- schema --------------------------------------------------------------------------------------------
-
-
-def _schema_message(schema: Schema) -> pb.Schema:
-    message = pb.Schema(rate_num=schema.rate.numerator, rate_den=schema.rate.denominator)
-    for spec in schema.signals:
-        code = columns.coding(spec)
-        message.signals.add(
-            name=spec.name,
-            scale=spec.scale,
-            offset=spec.offset,
-            kind=pb.VALUE_KIND_FLOAT if spec.is_float else pb.VALUE_KIND_INTEGER,
-            integer_scaled=spec.integer_scaled,
-            bound_raw=spec.bound_raw,
-            predictor=predict.WIRE_PREDICTORS[code.predictor],
-            angle_period=code.period,
-            angle_low=code.low,
-        )
-    return message
-
-
-def _schema_from_message(message: pb.Schema) -> Schema:
-    if message.rate_num == 0 or message.rate_den == 0:
-        raise WireError(f"schema has an invalid rate {message.rate_num}/{message.rate_den}")
-    specs = []
-    for signal in message.signals:
-        if signal.predictor not in predict.PREDICTOR_NAMES:
-            raise WireError(f"{signal.name}: unknown predictor {signal.predictor}")
-        if not (math.isfinite(signal.scale) and math.isfinite(signal.offset)):
-            raise WireError(f"{signal.name}: scale and offset must be finite")
-        if signal.angle_period == 1:
-            raise WireError(f"{signal.name}: an angle period of 1 raw unit")
-        code = predict.Coding(
-            predict.PREDICTOR_NAMES[signal.predictor], signal.angle_period, signal.angle_low
-        )
-        specs.append(
-            SignalSpec(
-                name=signal.name,
-                scale=signal.scale,
-                offset=signal.offset,
-                is_float=signal.kind == pb.VALUE_KIND_FLOAT,
-                integer_scaled=signal.integer_scaled,
-                bound_raw=signal.bound_raw,
-                predictor=str(code),
-            )
-        )
-    return Schema(Fraction(message.rate_num, message.rate_den), tuple(specs))
-
-
-def schema_bytes(schema: Schema) -> bytes:
-    """A schema as stored beside the chunks in the agent's buffer."""
-    return _schema_message(schema).SerializeToString()
-
-
-def schema_from_bytes(data: bytes) -> Schema:
-    try:
-        return _schema_from_message(pb.Schema.FromString(data))
-    except DecodeError as error:
-        raise WireError(f"schema does not parse: {error}") from error
 
 
 # --- envelopes -----------------------------------------------------------------------------------------
@@ -125,15 +58,16 @@ def _compressor(compress: bool | str) -> str:
     return name
 
 
-def _envelope(kind: pb.BodyKind, body: bytes, compress: bool | str) -> bytes:
+def envelope(kind: pb.BodyKind, body: bytes, compress: bool | str) -> bytes:
+    """``body`` in its envelope, compressed as asked (see :func:`encode_batch`)."""
     name = _compressor(compress)
-    envelope = pb.Envelope(version=WIRE_VERSION, kind=kind, body=body)
+    wrapped = pb.Envelope(version=WIRE_VERSION, kind=kind, body=body)
     if name == "zlib":
-        envelope.compression, envelope.body = pb.COMPRESSION_ZLIB, zlib.compress(body, ZLIB_LEVEL)
+        wrapped.compression, wrapped.body = pb.COMPRESSION_ZLIB, zlib.compress(body, ZLIB_LEVEL)
     elif name == "zstd":
         zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
-        envelope.compression, envelope.body = pb.COMPRESSION_ZSTD, zstd.compress(body)
-    return envelope.SerializeToString()
+        wrapped.compression, wrapped.body = pb.COMPRESSION_ZSTD, zstd.compress(body)
+    return wrapped.SerializeToString()
 
 
 def _inflate(data: bytes) -> bytes:
@@ -166,20 +100,20 @@ def _unzstd(data: bytes) -> bytes:
 
 def _open_envelope(payload: bytes, kind: pb.BodyKind) -> bytes:
     try:
-        envelope = pb.Envelope.FromString(payload)
+        wrapped = pb.Envelope.FromString(payload)
     except DecodeError as error:
         raise WireError(f"not an envelope ({len(payload)} bytes): {error}") from error
-    if envelope.version != WIRE_VERSION:
-        raise WireError(f"wire version {envelope.version} is not supported (this side speaks {WIRE_VERSION})")
-    if envelope.kind != kind:
-        raise WireError(f"expected a {pb.BodyKind.Name(kind)}, got body kind {envelope.kind}")
-    if envelope.compression == pb.COMPRESSION_NONE:
-        return envelope.body
-    if envelope.compression == pb.COMPRESSION_ZLIB:
-        return _inflate(envelope.body)
-    if envelope.compression == pb.COMPRESSION_ZSTD:
-        return _unzstd(envelope.body)
-    raise WireError(f"unknown compression {envelope.compression}")
+    if wrapped.version != WIRE_VERSION:
+        raise WireError(f"wire version {wrapped.version} is not supported (this side speaks {WIRE_VERSION})")
+    if wrapped.kind != kind:
+        raise WireError(f"expected a {pb.BodyKind.Name(kind)}, got body kind {wrapped.kind}")
+    if wrapped.compression == pb.COMPRESSION_NONE:
+        return wrapped.body
+    if wrapped.compression == pb.COMPRESSION_ZLIB:
+        return _inflate(wrapped.body)
+    if wrapped.compression == pb.COMPRESSION_ZSTD:
+        return _unzstd(wrapped.body)
+    raise WireError(f"unknown compression {wrapped.compression}")
 
 
 def _parse(message_type: type[pb.Batch] | type[pb.Ack] | type[pb.Status], body: bytes, what: str) -> object:
@@ -194,6 +128,8 @@ def _parse(message_type: type[pb.Batch] | type[pb.Ack] | type[pb.Status], body: 
 
 @dataclass
 class DecodedBatch:
+    """A batch as the receiver reads it: raw values, schema, the agent's eviction notices, send time."""
+
     vin: str
     schema: Schema
     chunks: list[ChunkData]
@@ -218,26 +154,26 @@ def encode_batch(
     sent_at: float = 0.0,
     compress: bool | str = True,
 ) -> bytes:
-    """Pack encoded chunks (from :func:`encode_chunk`) into one payload.
+    """Stored chunks (from :func:`~agent.wire.chunks.encode_chunk`) in one payload, packed when they fit.
 
     ``compress``: ``True`` for :data:`DEFAULT_COMPRESSION`, ``False`` for none, or a name of
     :data:`COMPRESSIONS`. Chunks that do not fit ``schema`` are sent as they are, for the receiver to
     refuse (never packed into something that would decode differently).
     """
     blobs = list(chunks)
-    header = pb.Batch(vin=vin, schema=_schema_message(schema), sent_at=sent_at)
+    header = pb.Batch(vin=vin, schema=schema_message(schema), sent_at=sent_at)
     for boot_id, first, last in evicted:
         header.evicted.add(boot_id=boot_id, first_seq=first, last_seq=last)
     # A serialized message field is just (tag, length, bytes), a repeated one that per element: append.
-    packed = packing.pack(schema, blobs)
+    packed = pack(schema, blobs)
     if packed is not None:
         body = packed.SerializeToString()
         parts = [header.SerializeToString(), b"\x32", _varint(len(body)), body]  # Batch.packed
-        return _envelope(pb.BODY_KIND_BATCH, b"".join(parts), compress)
+        return envelope(pb.BODY_KIND_BATCH, b"".join(parts), compress)
     parts = [header.SerializeToString()]
     for blob in blobs:
         parts += (b"\x1a", _varint(len(blob)), blob)  # Batch.chunks
-    return _envelope(pb.BODY_KIND_BATCH, b"".join(parts), compress)
+    return envelope(pb.BODY_KIND_BATCH, b"".join(parts), compress)
 
 
 def decode_batch(payload: bytes) -> DecodedBatch:
@@ -246,15 +182,15 @@ def decode_batch(payload: bytes) -> DecodedBatch:
     assert isinstance(message, pb.Batch)
     if not message.vin:
         raise WireError("batch has no VIN")
-    schema = _schema_from_message(message.schema)
+    schema = schema_from_message(message.schema)
     if message.HasField("packed") and message.chunks:
         raise WireError("batch has both packed and unpacked chunks")
     if message.HasField("packed"):
-        chunks = packing.unpack(schema, message.packed)
+        decoded = unpack(schema, message.packed)
     else:
-        chunks = [sealed.decode_chunk(schema, chunk) for chunk in message.chunks]
+        decoded = [decode_chunk(schema, chunk) for chunk in message.chunks]
     evicted = [(bytes(r.boot_id), r.first_seq, r.last_seq) for r in message.evicted]
-    return DecodedBatch(message.vin, schema, chunks, evicted, message.sent_at)
+    return DecodedBatch(message.vin, schema, decoded, evicted, message.sent_at)
 
 
 # --- acks and status -----------------------------------------------------------------------------------
@@ -277,7 +213,7 @@ def encode_ack(vin: str, ids: Iterable[ChunkId], noted: Iterable[tuple[bytes, in
         ack.stored.add(boot_id=boot_id, first_seq=first, last_seq=last)
     for boot_id, first, last in noted:
         ack.noted.add(boot_id=boot_id, first_seq=first, last_seq=last)
-    return _envelope(pb.BODY_KIND_ACK, ack.SerializeToString(), compress=False)
+    return envelope(pb.BODY_KIND_ACK, ack.SerializeToString(), compress=False)
 
 
 def ack_noted(payload: bytes) -> list[tuple[bytes, int, int]]:
@@ -294,7 +230,7 @@ def decode_ack(payload: bytes) -> tuple[str, list[tuple[bytes, int, int]]]:
 
 
 def encode_status(status: pb.Status) -> bytes:
-    return _envelope(pb.BODY_KIND_STATUS, status.SerializeToString(), compress=False)
+    return envelope(pb.BODY_KIND_STATUS, status.SerializeToString(), compress=False)
 
 
 def decode_status(payload: bytes) -> pb.Status:

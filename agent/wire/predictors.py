@@ -8,8 +8,10 @@ without touching the error-bound guarantee, which lives in :mod:`agent.wire.quan
 
 Contract: ``predict()`` returns an int within ``±LIMIT``; ``update(r)`` is called with every
 reconstruction in order. A fresh instance is made for every column of every chunk (chunks decode
-alone). Not thread-safe; each lives inside one encode or decode call. :mod:`agent.wire.quantizer` has faster
-inlined copies of ``hold`` and ``linear``; tests check that they agree with these classes.
+alone). An instance is not thread-safe; each lives inside one encode or decode call, which owns it.
+The module's tables are constants. :mod:`agent.wire.quantizer` and :mod:`agent.wire.packed_columns` have
+faster inlined copies of ``hold`` and ``linear``; ``tests/test_wire_quantizer.py`` checks that they agree
+with these classes.
 
 The coding of a column (``SignalSpec.predictor``) is a predictor name, optionally followed by the raw
 period and low end of an angle: ``"hold"`` or ``"hold angle 36000 0"`` (see :class:`Coding`).

@@ -1,16 +1,25 @@
-"""Column coding: one signal's values within one chunk, closed-loop, in integers (used via :mod:`agent.wire`).
+"""The column quantizer: one signal's values within one chunk, closed-loop, in integers.
+
+What it holds: :func:`encode` turns a column (``None`` = absent) into a :class:`Coded` (presence runs,
+quantized residuals, floats, values sent exactly); :func:`decode` is its inverse. :mod:`agent.wire.chunks`
+lays a chunk's ``Coded`` columns into its message; :mod:`agent.wire.packed_columns` reuses
+:func:`reconstruct`, :func:`to_values`, :func:`merge_exact` and the presence helpers for a whole batch.
 
 Contract
-- Pure functions, no I/O, no shared state: safe from any thread.
-- The encoder runs the decoder's own predictor on the reconstructions the decoder will compute, and
-  quantizes each residual with step ``2*bound_raw+1``: every reconstructed raw value is within
-  ``bound_raw`` of the truth (equal when it is 0), modulo the period for an angle. A fresh predictor
-  starts every column of every chunk, so a chunk decodes alone.
+- Pure functions over lists the caller owns (read, never kept or changed); no I/O, no shared state
+  except an LRU cache of parsed codings: safe from any thread.
+- The error bound: the encoder runs the decoder's own predictor on the reconstructions the decoder will
+  compute, and quantizes each residual with step ``2*bound_raw+1``, so every reconstructed raw value is
+  within ``bound_raw`` of the truth (equal when it is 0), modulo the period for an angle. A fresh
+  predictor starts every column of every chunk, so a chunk decodes alone.
 - Absent stays absent (presence runs); values the predictor must not see are sent *exactly*, aside,
   without updating it: an angle's value outside its canonical range (an "invalid" marker, say) and any
   value beyond ``±ESCAPE_LIMIT``. Float columns are sent bit for bit (NaN and infinities included).
-- ``hold`` and ``linear`` have vectorized paths (``itertools.accumulate``); the other predictors, and
-  every lossy encode, go through the sample-by-sample loop. Both give the same integers.
+- Limits: raw integers are CAN values of 64 bits at most (``ValueError`` otherwise); residuals of values
+  within ``±ESCAPE_LIMIT`` fit ``sint64``.
+- Lossless ``hold`` and ``linear`` columns present throughout take a vectorized path (:func:`fast_path`,
+  :func:`vectorized`); the other predictors, and every lossy encode, go through the sample-by-sample
+  loop. Both give the same integers (``tests/test_wire_quantizer.py`` checks it).
 - Decoders raise :class:`agent.errors.WireError` on inconsistent input, before allocating for it.
 """
 
@@ -19,20 +28,19 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Sequence
-from itertools import accumulate, chain, islice, pairwise, repeat
+from itertools import accumulate, chain, islice, repeat
 from typing import NamedTuple
 
 from agent.errors import WireError
-from agent.wire import predictors as predict
+from agent.wire import predictors
 from agent.wire.values import RawValue, SignalSpec
 
 ESCAPE_LIMIT = 1 << 60  # integer values beyond ±this are sent exactly, aside (when it matters)
-_VECTORIZED = ("hold", "linear")
 _SIGNED_MIN, _UNSIGNED_END = -(1 << 63), 1 << 64
 
 
 class Coded(NamedTuple):
-    """One column of one chunk, as :mod:`agent.wire` serializes it (``pb.Column``)."""
+    """One column of one chunk, as :mod:`agent.wire.chunks` serializes it (``pb.Column``)."""
 
     runs: list[int]  # alternating absent, present, ... run lengths; empty = present throughout
     residuals: list[int]  # quantized residuals of the predicted values (all of them: see ``trim``)
@@ -41,7 +49,8 @@ class Coded(NamedTuple):
     exact: list[int]  # those values
 
 
-def coding(spec: SignalSpec) -> predict.Coding:
+def coding(spec: SignalSpec) -> predictors.Coding:
+    """The column's predictor and angle; :class:`WireError` naming the signal when it does not parse."""
     try:
         return _parse(spec.predictor)
     except ValueError as error:
@@ -49,8 +58,20 @@ def coding(spec: SignalSpec) -> predict.Coding:
 
 
 @functools.lru_cache(maxsize=256)
-def _parse(text: str) -> predict.Coding:
-    return predict.Coding.parse(text)
+def _parse(text: str) -> predictors.Coding:
+    return predictors.Coding.parse(text)
+
+
+def fast_path(spec: SignalSpec) -> str | None:
+    """The predictor, ``"hold"`` or ``"linear"``, of a column that may take the vectorized path.
+
+    ``None`` for a float, lossy or angle column, or another predictor; :class:`WireError` when the
+    coding does not parse.
+    """
+    code = coding(spec)
+    if spec.is_float or spec.bound_raw or code.period or code.predictor not in ("hold", "linear"):
+        return None
+    return code.predictor
 
 
 def trim(residuals: list[int]) -> list[int]:
@@ -104,7 +125,7 @@ def with_presence(mask: Sequence[bool], values: list[RawValue]) -> list[RawValue
 # --- integers ------------------------------------------------------------------------------------------
 
 
-def _split_exact(values: Sequence[int], code: predict.Coding) -> tuple[list[int], list[int], list[int]]:
+def _split_exact(values: Sequence[int], code: predictors.Coding) -> tuple[list[int], list[int], list[int]]:
     """(values for the predictor, gaps of the exact ones, the exact ones)."""
     low, high = (code.low, code.low + code.period - 1) if code.period else (-ESCAPE_LIMIT, ESCAPE_LIMIT)
     if not values or (low <= min(values) and max(values) <= high):
@@ -125,14 +146,11 @@ def _split_exact(values: Sequence[int], code: predict.Coding) -> tuple[list[int]
     return kept, gaps, exact
 
 
-def _quantize(values: Sequence[int], spec: SignalSpec, code: predict.Coding) -> list[int]:
+def _quantize(values: Sequence[int], spec: SignalSpec, code: predictors.Coding) -> list[int]:
     """Closed loop: residual indices whose reconstructions are within ``bound_raw`` of ``values``."""
     bound, period = spec.bound_raw, code.period
     if not period and not bound and code.predictor in ("hold", "linear"):
-        deltas = [after - before for before, after in zip(chain((0,), values), values, strict=False)]
-        if code.predictor == "hold":
-            return deltas
-        return deltas[:2] + [after - before for before, after in pairwise(deltas[1:])]
+        return _differences(values, code.predictor == "linear")
     step, half = 2 * bound + 1, period // 2
     out: list[int] = []
     append = out.append
@@ -146,7 +164,7 @@ def _quantize(values: Sequence[int], spec: SignalSpec, code: predict.Coding) -> 
             last += quantum * step
             append(quantum)
         return out
-    predictor = predict.make(code.predictor)
+    predictor = predictors.make(code.predictor)
     for value in values:
         guess = predictor.predict()
         delta = value - guess
@@ -158,7 +176,7 @@ def _quantize(values: Sequence[int], spec: SignalSpec, code: predict.Coding) -> 
     return out
 
 
-def to_values(steps: list[int], step: int, code: predict.Coding) -> list[int]:
+def to_values(steps: list[int], step: int, code: predictors.Coding) -> list[int]:
     """Reconstructions in raw units from reconstructions in quantizer steps (an angle's brought round)."""
     values = steps if step == 1 else [value * step for value in steps]
     if code.period:
@@ -167,7 +185,7 @@ def to_values(steps: list[int], step: int, code: predict.Coding) -> list[int]:
     return values
 
 
-def reconstruct(residuals: Sequence[int], count: int, spec: SignalSpec, code: predict.Coding) -> list[int]:
+def reconstruct(residuals: Sequence[int], count: int, spec: SignalSpec, code: predictors.Coding) -> list[int]:
     """The ``count`` reconstructions of one chunk's residuals (trailing zeros may be missing)."""
     padded = chain(residuals, repeat(0, count - len(residuals)))
     step = 2 * spec.bound_raw + 1
@@ -176,7 +194,7 @@ def reconstruct(residuals: Sequence[int], count: int, spec: SignalSpec, code: pr
     if code.predictor == "linear":
         steps = list(padded)
         return to_values(list(accumulate(chain(steps[:1], accumulate(steps[1:])))), step, code)
-    predictor = predict.make(code.predictor)
+    predictor = predictors.make(code.predictor)
     values = []
     for quantum in padded:
         value = predictor.predict() + quantum * step
@@ -200,6 +218,17 @@ def merge_exact(predicted: list[int], gaps: Sequence[int], exact: Sequence[int])
 # --- columns -------------------------------------------------------------------------------------------
 
 
+def _differences(values: Sequence[int], linear: bool) -> list[int]:
+    """Lossless residuals: first differences from 0 (``hold``); for ``linear``, second ones after two.
+
+    ``TypeError`` when a value is ``None``.
+    """
+    deltas = list(map(operator.sub, values, chain((0,), values)))
+    if linear:
+        deltas[2:] = map(operator.sub, islice(deltas, 2, None), islice(deltas, 1, None))
+    return deltas
+
+
 def vectorized(column: Sequence[RawValue | None], linear: bool) -> list[int] | None:
     """Lossless ``hold`` (or ``linear``) residuals of a column present throughout; ``None`` if it is not.
 
@@ -210,12 +239,9 @@ def vectorized(column: Sequence[RawValue | None], linear: bool) -> list[int] | N
         first = column[0]
         if first is not None and first == column[-1] and column.count(first) == len(column):
             return [first]  # type: ignore[list-item]
-        deltas = list(map(operator.sub, column, chain((0,), column)))
+        return _differences(column, linear)  # type: ignore[arg-type]
     except (TypeError, IndexError):  # None somewhere, or no values at all
         return None
-    if linear:
-        deltas[2:] = map(operator.sub, islice(deltas, 2, None), islice(deltas, 1, None))
-    return deltas
 
 
 def encode(column: Sequence[RawValue | None], spec: SignalSpec, careful: bool = False) -> Coded:
@@ -228,11 +254,12 @@ def encode(column: Sequence[RawValue | None], spec: SignalSpec, careful: bool = 
     if spec.is_float:
         runs, present = presence_runs(column)
         return Coded(runs, [], [float(value) for value in present], [], [])
-    code = coding(spec)
-    if not careful and not spec.bound_raw and not code.period and code.predictor in _VECTORIZED:
-        deltas = vectorized(column, code.predictor == "linear")
+    fast = None if careful else fast_path(spec)
+    if fast is not None:
+        deltas = vectorized(column, fast == "linear")
         if deltas is not None:
             return Coded([], deltas, [], [], [])
+    code = coding(spec)
     runs, present = presence_runs(column)
     if careful or code.period:
         kept, gaps, exact = _split_exact(present, code)  # type: ignore[arg-type]

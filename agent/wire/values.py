@@ -1,13 +1,21 @@
-"""The units of data that flow between the stages (see the README's design section).
+"""The value model: the units of data that flow between the stages (see the README's design section).
 
 ``frame``  a CAN frame: python-can's :class:`can.Message` (time on the source's clock, channel, id, data)
 ``sample`` one tick of the sampling grid: (tick, raw value of each configured signal or ``None``)
 ``chunk``  a run of consecutive samples of one vehicle: the unit of the buffer and of the ack
-``batch``  one or more whole chunks on the wire (see :mod:`agent.wire`)
+``batch``  one or more whole chunks on the wire (see :mod:`agent.wire.messages`)
 
 Values travel as *raw* numbers at the DBC's resolution (integers for integer signals), so that the encoder
 and the receiver's decoder compute bit-identical reconstructions on any platform; :class:`SignalSpec` turns
 them into physical values exactly as cantools would.
+
+Contract
+- :class:`SignalSpec`, :class:`Schema` and :class:`ChunkId` are immutable: any thread may share them.
+- :class:`ChunkData` is plain mutable lists: whoever builds one owns it. The codec reads a chunk it is
+  given and keeps nothing of it; a decoded chunk is new and belongs to the caller.
+- Limits: a raw integer is a CAN raw value, 64 bits at most (signed or unsigned); a chunk's ticks
+  increase. The codec checks both when it encodes (:mod:`agent.wire.quantizer`, :mod:`agent.wire.chunks`).
+- Standard library only, no I/O.
 """
 
 from __future__ import annotations
@@ -42,7 +50,10 @@ class SignalSpec(NamedTuple):
 
 @dataclass(frozen=True)
 class Schema:
-    """The sampling grid and the ordered signals that every chunk of one agent run shares."""
+    """The sampling grid and the ordered signals that every chunk of one agent run shares.
+
+    ``digest`` identifies it (the buffer keys stored schemas by it, the codec its per-schema caches).
+    """
 
     rate: Fraction
     signals: tuple[SignalSpec, ...]
@@ -54,6 +65,7 @@ class Schema:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The signals' ``MESSAGE.SIGNAL`` names, in column order."""
         return tuple(s.name for s in self.signals)
 
     def tick_seconds(self, tick: int) -> Decimal:

@@ -1,7 +1,8 @@
 """``edge-receiver export --db PATH --vin VIN [--signals A.B,C.D]``: a vehicle's stored samples as CSV.
 
 ``timestamp,<names>`` then one line per stored tick; byte-identical to ``edge-agent sample`` for the
-same data (:mod:`receiver.timeline`). Opens the store read-only.
+same data (:mod:`receiver.timeline`). Opens the store read-only; an unknown vin or signal is one line
+with a "did you mean" (:class:`~receiver.store.NotFoundError`, exit 2), before anything is printed.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from agent.service.cli import did_you_mean
 from receiver.store import NotFoundError, Store
 from receiver.timeline import write_csv
 
@@ -26,20 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    names = None if args.signals is None else [name.strip() for name in args.signals.split(",")]
+    if names is not None and not all(names):
+        raise NotFoundError(f"--signals {args.signals!r}: an empty signal name")
     with Store(args.db, readonly=True) as store:
-        vins = store.vins()
-        if args.vin not in vins:
-            raise NotFoundError(f"unknown vin {args.vin!r} in {args.db}{did_you_mean(args.vin, vins)}")
-        known = store.signals(args.vin)
-        if args.signals is None:
-            names = known
-        else:
-            names = [name.strip() for name in args.signals.split(",")]
-            if not all(names):
-                raise NotFoundError(f"--signals {args.signals!r}: an empty signal name")
-            for name in names:
-                if name not in known:
-                    raise NotFoundError(f"vin {args.vin!r} has no signal {name!r}{did_you_mean(name, known)}")
-        write_csv(sys.stdout, store.rate(args.vin), names, store.rows(args.vin, names))
+        rate = store.rate(args.vin)  # an unknown vin or signal is refused before any output
+        names = store.signals(args.vin) if names is None else names
+        write_csv(sys.stdout, rate, names, store.rows(args.vin, names))
     sys.stdout.flush()
     return 0

@@ -361,8 +361,9 @@ def run_cadence(args: argparse.Namespace) -> int:
     writes = min(args.status_writes, len(chunks))  # one a second: no more than the drive has
     for _ in range(writes):
         report = StatusReport(
-            "CADENCE", "OFFLINE", len(chunks), len(chunks) * 50, 1 << 22, 3600.0, None, 0, 0, 0, None,
-            os.getpid(), "00" * 16, time.time(),
+            vin="CADENCE", state="OFFLINE", backlog_chunks=len(chunks), backlog_samples=len(chunks) * 50,
+            backlog_bytes=1 << 22, oldest_age_s=3600.0, last_ack_at=None, dropped_chunks=0,
+            dropped_samples=0, drain_eta_s=None, pid=os.getpid(), boot_id="00" * 16, updated_at=time.time(),
         )  # fmt: skip
         write_status_file(status, report)
     figures["status_writes"], figures["status_bytes"] = writes, self_write_bytes() - before

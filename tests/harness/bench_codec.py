@@ -43,6 +43,7 @@ from agent.service import logs
 from agent.source import LogStats, read_log
 from agent.wire import messages
 from agent.wire import telemetry_pb2 as pb
+from agent.wire.chunks import schema_message
 from agent.wire.predictors import PREDICTORS, Coding
 from agent.wire.values import ChunkData, RawValue, Schema, SignalSpec
 
@@ -397,9 +398,10 @@ def print_rows(rows: Sequence[Row]) -> None:
 
 def _verbatim(schema: Schema, blobs: Sequence[bytes], compress: bool | str) -> bytes:
     """A batch of stored chunks as they are (not packed): what encode_batch did before packing."""
-    header = pb.Batch(vin="BENCH", schema=messages._schema_message(schema)).SerializeToString()
-    body = header + b"".join(b"\x1a" + messages._varint(len(blob)) + blob for blob in blobs)
-    return messages._envelope(pb.BODY_KIND_BATCH, body, compress)
+    batch = pb.Batch(vin="BENCH", schema=schema_message(schema))
+    for blob in blobs:
+        batch.chunks.add().MergeFromString(blob)
+    return messages.envelope(pb.BODY_KIND_BATCH, batch.SerializeToString(), compress)
 
 
 def decide_predictor(ds: Sequence[Drive]) -> list[str]:

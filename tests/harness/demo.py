@@ -23,6 +23,7 @@ from pathlib import Path
 from agent.commands import sample
 from agent.decode import build_decoder
 from receiver import accuracy
+from receiver.store import Store
 from tests.harness.broker import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,7 +201,8 @@ def report(out: Path, store: Path, logs: dict[str, Path], agents: dict[str, subp
         figures = json.loads((out / f"{vin}.json").read_text()) if (out / f"{vin}.json").exists() else {}
         wire_bytes = int(figures.get("bytes_sent", 0))
         if vin == LOSSY:  # not byte-identical by design: every value must lie within its bound instead
-            bounds, angles = accuracy.bounds_from_config(out / f"{vin}.yaml", names)
+            with Store(store, readonly=True) as stored:  # the bounds its agent declared on the wire
+                bounds, angles = accuracy.declared_bounds(stored.declared(vin).values())
             checked = accuracy.compare(truth, rows, bounds, angles)
             exact = checked.ok
             accuracy_text = accuracy.format_report(checked)

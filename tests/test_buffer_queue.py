@@ -1,29 +1,18 @@
-"""The buffer: durable commits, oldest-first reads of one schema, deletes only what an ack names."""
+"""The buffer's queue (agent/buffer/queue.py): durable commits, oldest-first reads of one schema, deletes
+only what an ack names, totals that match the rows. (Crashes: tests/test_buffer_crash.py; the file's
+health: tests/test_buffer_health.py; the cap: tests/test_buffer_cap.py; the disk: tests/test_buffer_disk.py;
+all of them against one model: tests/test_buffer_model.py.)"""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
 
-import pytest
-
 from agent.buffer import Buffer
-from agent.chunk import Chunker, SealedChunk
-from agent.errors import StorageError
-from agent.wire.values import ChunkId, Schema, SignalSpec
-
-SCHEMA = Schema(Fraction(50), (SignalSpec("M.a"), SignalSpec("M.b", 0.1, 0.0, False, False)))
-OTHER = Schema(Fraction(10), (SignalSpec("M.a"),))
-
-
-def sealed(boot: bytes, count: int, schema: Schema = SCHEMA) -> list[SealedChunk]:
-    chunker = Chunker(schema, boot, max_samples=10)
-    for tick in range(count * 10):
-        chunker.add(tick, [tick] * len(schema.signals))
-    return chunker.take()
+from agent.wire.values import ChunkId
+from tests.harness.buffers import OTHER, SCHEMA, sealed
 
 
 def test_append_then_read_oldest_first_and_delete_by_ack(tmp_path: Path) -> None:
@@ -55,7 +44,7 @@ def test_commits_survive_reopen_and_kill_9(tmp_path: Path) -> None:
     script = f"""
 import os, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-from tests.test_buffer import SCHEMA, sealed
+from tests.harness.buffers import SCHEMA, sealed
 from agent.buffer import Buffer
 b = Buffer({str(path)!r})
 sid = b.schema_id(SCHEMA)
@@ -69,30 +58,6 @@ os.kill(os.getpid(), 9)
     buffer = Buffer(path)
     assert buffer.stats().chunks == 60
     assert buffer.db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-
-
-def test_a_corrupt_file_is_quarantined_not_a_crash_loop(tmp_path: Path) -> None:
-    path = tmp_path / "b.sqlite"
-    path.write_bytes(b"this is not a database" * 100)
-    buffer = Buffer(path)
-    assert buffer.stats().chunks == 0
-    assert len(list(tmp_path.glob("b.sqlite.corrupt-*"))) == 1
-
-
-def test_storage_errors_name_the_file(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    with pytest.raises(StorageError, match="file"):
-        Buffer(blocker / "b.sqlite")
-
-
-def test_read_only_directory_is_a_storage_error(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root ignores directory permissions")
-    folder = tmp_path / "ro"
-    folder.mkdir(mode=0o500)
-    with pytest.raises(StorageError):
-        Buffer(folder / "b.sqlite")
 
 
 def test_chunks_identity_is_boot_and_sequence() -> None:
