@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import re
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from agent.config import parse_agent_config
 from agent.errors import ConfigError
@@ -23,13 +21,6 @@ from receiver.cli import main
 from tests.harness.configs import issue_lines
 
 AGENT = "vin: TEST-1\nsource: {kind: bus}\nbuses: [{channel: can0, dbc: ev.dbc}]\n"  # mqtt: starts at line 4
-
-
-@pytest.fixture(autouse=True)
-def fresh_logging() -> Iterator[None]:
-    """``main`` points the logs at this test's captured stderr, which closes with the test."""
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture

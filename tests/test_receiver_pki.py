@@ -9,19 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from receiver import pki
 from receiver.cli import main
-
-
-@pytest.fixture(autouse=True)
-def fresh_logging() -> Iterator[None]:
-    """``main`` points the logs at this test's captured stderr, which closes with the test."""
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture

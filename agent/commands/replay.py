@@ -13,6 +13,7 @@ from agent.config import load_agent_config
 from agent.daemon import Agent
 from agent.errors import ConfigError
 from agent.service import logs
+from agent.service.cli import positive_or
 
 HELP = "replay a log through the whole pipeline; exit 0 once every sample is acked by the receiver"
 
@@ -34,15 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_speed(text: str) -> float:
-    if text == "max":
-        return math.inf
-    try:
-        speed = float(text)
-    except ValueError:
-        speed = -1.0
-    if not speed > 0:
-        raise ConfigError(f"--speed: expected a number > 0 or 'max', got {text!r}")
-    return speed
+    speed = positive_or(text, "--speed", "max")
+    return math.inf if speed is None else speed
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from fractions import Fraction
 from agent.decode import ANY_CHANNEL, Decoder, build_decoder
 from agent.errors import ConfigError
 from agent.sample import Sampler, SampleStats, to_micros
+from agent.service.cli import positive_or
 from agent.source import LogStats, read_log
 from agent.wire.values import RawValue, Schema, format_value
 
@@ -61,15 +62,7 @@ def parse_dbc_options(options: list[str]) -> list[tuple[str, list[str], str]]:
 
 
 def parse_hold(text: str) -> float | None:
-    if text == "auto":
-        return None
-    try:
-        hold = float(text)
-    except ValueError:
-        hold = -1.0
-    if not hold > 0:
-        raise ConfigError(f"--max-hold-s: expected a number > 0 or 'auto', got {text!r}")
-    return hold
+    return positive_or(text, "--max-hold-s", "auto")
 
 
 def summary(log: str, frames: int, bad_lines: int, decoder: Decoder, stats: SampleStats) -> str:

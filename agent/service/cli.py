@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
-from agent.errors import EdgeError
+from agent.errors import ConfigError, EdgeError
 from agent.service import logs
 from agent.service.schema import suggest
 
-__all__ = ["add_config_argument", "build_parser", "did_you_mean", "main"]
+__all__ = ["add_config_argument", "build_parser", "did_you_mean", "main", "positive_or"]
 
 did_you_mean = suggest  # one "did you mean" for config keys, signal names, VINs and verbs
 
@@ -34,6 +34,19 @@ def add_config_argument(parser: argparse.ArgumentParser, default: Path, whose: s
         metavar="FILE",
         help=f"the {whose} YAML config file (default {default})",
     )
+
+
+def positive_or(text: str, option: str, keyword: str) -> float | None:
+    """A number > 0 from a command-line ``option``, or ``None`` for ``keyword`` (e.g. 'max', 'auto')."""
+    if text == keyword:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if not number > 0:
+        raise ConfigError(f"{option}: expected a number > 0 or {keyword!r}, got {text!r}")
+    return number
 
 
 def build_parser(
