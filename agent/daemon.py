@@ -15,6 +15,14 @@ Contract
   :meth:`Agent.run` shuts every stage down and returns a :class:`RunResult` whose ``failed`` names it,
   and the command exits non-zero, so that systemd restarts the service.
 - The configuration sections are handed to the stages as they were read (no copies field by field).
+- Live buses: a bus whose interface exists and is up is opened here, at construction (a failure to
+  open it is fatal: :class:`~agent.errors.SourceError`); one that is missing or down is waited for on
+  its reader thread (:func:`agent.source.wait_for_bus`). READY is sent once every bus is bound; the
+  watchdog and the status go on meanwhile. A reader that fails later ends the run (``failed`` names
+  ``source``).
+- :class:`RunResult` accounts for the run: what was dropped (by the cap, by ``refuse_new``), what was
+  never sampled (frames of unknown channels, oversize or undecodable frames, bad log lines, late
+  frames) and the warnings (a configured channel without frames); :meth:`RunResult.outcome` says which.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from fractions import Fraction
 from types import FrameType
 from typing import Any
@@ -34,7 +43,9 @@ from agent.buffer import Buffer, BufferStats
 from agent.chunk import new_boot_id
 from agent.config import AgentConfig
 from agent.decode import Decoder, decoder_for
+from agent.errors import SourceError
 from agent.pipeline import Pipeline
+from agent.sample import SampleStats
 from agent.service.logs import get_logger
 from agent.service.supervise import Heartbeat, Supervisor
 from agent.status import StatusReport, drain_eta, status_path, write_status_file
@@ -54,10 +65,37 @@ def build_schema(config: AgentConfig) -> tuple[Decoder, Schema]:
 class RunResult:
     """How a run ended. ``failed`` names the stages that failed (then the command exits non-zero)."""
 
-    complete: bool
+    complete: bool  # the source ended, its last commit was made and the buffer is empty (all acked)
     backlog: BufferStats
     samples_committed: int
     failed: tuple[str, ...] = ()
+    dropped: dict[str, int] = field(default_factory=dict)  # why -> samples dropped during this run
+    unsampled: dict[str, int] = field(default_factory=dict)  # why -> frames that reached no sample
+    warnings: tuple[str, ...] = ()  # e.g. a configured channel that had no frames
+    sampling: SampleStats | None = None
+
+    def outcome(self) -> str:
+        """``complete``; else the worst of ``incomplete``, ``dropped``, ``unsampled``."""
+        if not self.complete or self.failed:
+            return "incomplete"
+        if self.dropped:
+            return "dropped"
+        if self.unsampled or self.warnings:
+            return "unsampled"
+        return "complete"
+
+
+def unsampled_frames(decoder: Decoder, log_stats: source.LogStats, sampling: SampleStats) -> dict[str, int]:
+    """Why -> how many frames (or log lines) reached no sample; only the non-zero reasons."""
+    stats = decoder.stats
+    counts = {
+        "unknown_channel_frames": decoder.unknown_channel_frames(),
+        "oversize_frames": sum(stats.oversize.values()),
+        "undecodable_frames": sum(stats.errors.values()),
+        "bad_log_lines": log_stats.bad_lines,
+        "late_frames": sampling.late,
+    }
+    return {why: n for why, n in counts.items() if n}
 
 
 class Agent:
@@ -72,6 +110,9 @@ class Agent:
         self.buffer = Buffer(
             config.buffer.path, check=True
         )  # quarantines a damaged file before anyone uses it
+        self.start_stats = self.buffer.stats()  # what was dropped before this run is not this run's
+        self.bound: list[threading.Event] = []  # one per live bus, set once it is bound
+        self.source_error: str | None = None  # a reader that failed: ends the run
         self.feed, self.readers = self._open_source()
         wake = threading.Event()
         buffer = config.buffer
@@ -103,21 +144,39 @@ class Agent:
         feed = source.FrameFeed(producers=len(config.buses))
         readers = []
         for bus in config.buses:
-            frames_iter = source.bus_frames(
-                source.open_bus(bus.interface, bus.channel, bus.bitrate), bus.channel, self.stop_event
-            )
+            # A bus that is there is opened now (a failure is fatal); a missing or down one is waited for.
+            ready = source.bus_unavailable(bus.interface, bus.channel) is None
+            opened = source.open_bus(bus.interface, bus.channel, bus.bitrate) if ready else None
+            bound = threading.Event()
+            self.bound.append(bound)
             readers.append(
                 threading.Thread(
-                    target=self._pump, args=(feed, frames_iter), name=f"bus-{bus.channel}", daemon=True
+                    target=self._pump,
+                    args=(feed, self._live(bus, opened, bound)),
+                    name=f"bus-{bus.channel}",
+                    daemon=True,
                 )
             )
         return feed, readers
 
+    def _live(self, bus: Any, opened: Any, bound: threading.Event) -> Iterator[Any]:
+        """A live bus's frames, once it is bound (waiting for it first if it was not there)."""
+        if opened is None:
+            opened = source.wait_for_bus(bus.interface, bus.channel, bus.bitrate, self.stop_event)
+            if opened is None:
+                return
+        bound.set()
+        yield from source.bus_frames(opened, bus.channel, self.stop_event)
+
     def _pump(self, feed: source.FrameFeed, frames: Any) -> None:
         try:
             feed.pump(frames, self.stop_event)
-        except Exception as error:  # a dead reader must be reported, not a silent thread death
+        except SourceError as error:  # a dead reader must be reported, not a silent thread death
+            self.source_error = str(error)
             self.log.error("source_failed", reason=str(error))
+        except Exception as error:
+            self.source_error = f"{type(error).__name__}: {error}"
+            self.log.error("source_failed", reason=self.source_error, exc_info=error)
 
     def start(self) -> None:
         self.log.info(
@@ -146,7 +205,13 @@ class Agent:
         upload = self.uploader.status()  # the uploader's published snapshot: never its live state
         eta = drain_eta(stats.samples, upload.acked_samples_per_s)
         return StatusReport.from_stats(
-            self.config.vin, upload.state.value, stats, eta, os.getpid(), self.boot_id.hex()
+            self.config.vin,
+            upload.state.value,
+            stats,
+            eta,
+            os.getpid(),
+            self.boot_id.hex(),
+            unacked_for_s=upload.unacked_for_s,
         )
 
     def publish_status(self) -> StatusReport:
@@ -164,11 +229,14 @@ class Agent:
         a failed stage ends it at once (see the module's contract)."""
         deadline: float | None = None
         next_status = 0.0
-        # The buffer was opened (and checked) and the source bound in __init__; the stages are started.
-        self.supervisor.ready()
+        # The buffer was opened (and checked) in __init__; READY once every live bus is bound too.
+        ready = False
         while not self.stop_event.wait(0.1):
             if self.failed_stages():
                 break
+            if not ready and all(bound.is_set() for bound in self.bound):
+                self.supervisor.ready()
+                ready = True
             self.supervisor.tick(self.heartbeats())
             if time.monotonic() >= next_status:
                 self.publish_status()
@@ -190,11 +258,31 @@ class Agent:
         notices_left = bool(self.buffer.notices(1))
         self.buffer.close()
         complete = self.pipeline.finished.is_set() and backlog.chunks == 0 and not notices_left and not failed
-        return RunResult(complete, backlog, self.pipeline.samples_committed, failed)
+        return self.account(complete, backlog, failed)
+
+    def account(self, complete: bool, backlog: BufferStats, failed: tuple[str, ...]) -> RunResult:
+        """The run's :class:`RunResult`, from the stages' counters (read after they stopped)."""
+        pipeline = self.pipeline
+        sampling = pipeline.sampler.stats
+        dropped_total = backlog.dropped_samples - self.start_stats.dropped_samples
+        refused = pipeline.samples_refused
+        dropped = {"evicted_samples": dropped_total - refused, "refused_samples": refused}
+        warning = self.decoder.check_channels()
+        return RunResult(
+            complete,
+            backlog,
+            pipeline.samples_committed,
+            failed,
+            {why: n for why, n in dropped.items() if n > 0},
+            unsampled_frames(self.decoder, self.log_stats, sampling),
+            (warning,) if warning else (),
+            sampling,
+        )
 
     def failed_stages(self) -> tuple[str, ...]:
-        """The stages whose thread ended on an unexpected error."""
-        return tuple(stage.name for stage in (self.pipeline, self.uploader) if stage.failed.is_set())
+        """The stages whose thread ended on an unexpected error (``source``: a reader that failed)."""
+        failed = tuple(stage.name for stage in (self.pipeline, self.uploader) if stage.failed.is_set())
+        return (*failed, "source") if self.source_error else failed
 
     def heartbeats(self) -> dict[str, Heartbeat | None]:
         """Each stage's heartbeat, for the watchdog; a replay's pipeline that is done no longer beats."""
@@ -223,5 +311,8 @@ class Agent:
             frames=self.decoder.stats.frames,
             unknown_frames=sum(self.decoder.stats.unknown.values()),
             bad_log_lines=self.log_stats.bad_lines,
+            jumps_back=self.pipeline.sampler.stats.jumps_back,
+            late_frames=self.pipeline.sampler.stats.late,
+            backpressure_s=round(self.pipeline.backpressure_s, 1),
             failed_stages=list(self.failed_stages()),
         )

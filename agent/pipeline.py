@@ -8,7 +8,9 @@ Contract
   Between commits, samples live only in memory: that interval bounds what a crash can lose.
 - The sealed chunks go to the buffer's :class:`~agent.buffer.BufferWriter`, which owns the disk: the
   cap, the headroom, a full disk, and the chunks that wait after a failed commit (retried first at the
-  next one). Nothing is dropped silently here.
+  next one). Nothing is dropped in memory: while the writer is :attr:`~agent.buffer.BufferWriter.full`
+  the pipeline takes no frames (back-pressure: the bounded feed then blocks the reader) and only retries
+  the commit, once per ``IDLE_WAIT_S``; ``backpressure_s`` counts the time spent so.
 - Runs on its own thread as a :class:`agent.stage.Stage` ("pipeline"): it owns its buffer connection
   (opened and closed on that thread), beats its heartbeat on every turn (declared period
   ``IDLE_WAIT_S``: the longest wait for frames) and an unexpected error is logged as ``stage_failed``
@@ -68,7 +70,9 @@ class Pipeline(Stage):
         self.samples_committed = 0
         self.chunks_committed = 0
         self.chunks_refused = 0  # refuse_new turned them away: counted and reported, not committed
-        self.lost_in_memory = 0  # dropped from memory after the buffer failed for too long
+        self.samples_refused = 0
+        self.backpressure_s = 0.0  # time spent taking no frames because the buffer could not commit
+        self._held_since: float | None = None
         self._buffer: Buffer | None = None  # the pipeline thread's own connection (open() to close())
         self._schema_id = 0
         self._next_commit = 0.0
@@ -83,6 +87,12 @@ class Pipeline(Stage):
         """Decode and sample what the feed has (waiting at most until the next commit is due, and never
         longer than ``IDLE_WAIT_S``), then commit if it is due; False once the source has ended."""
         assert self._buffer is not None
+        if self.writer.full:
+            return self._hold_back(self._buffer)
+        if self._held_since is not None:
+            self.backpressure_s += time.monotonic() - self._held_since
+            self.log.info("backpressure_released", held_s=round(time.monotonic() - self._held_since, 1))
+            self._held_since = None
         decode, feed_sampler = self.decoder.decode, self.sampler.feed
         frames = self.feed.get(timeout=max(0.0, min(self._next_commit - time.monotonic(), IDLE_WAIT_S)))
         if frames is None:
@@ -92,6 +102,20 @@ class Pipeline(Stage):
         if time.monotonic() >= self._next_commit:
             self.commit(self._buffer, self._schema_id)
             self._next_commit = time.monotonic() + self.commit_interval_s
+        return True
+
+    def _hold_back(self, buffer: Buffer) -> bool:
+        """The buffer cannot commit and memory is at its limit: take no frames, retry the commit."""
+        if self._held_since is None:
+            self._held_since = time.monotonic()
+            self.log.warning(
+                "backpressure",
+                pending_chunks=len(self.writer.pending),
+                action="taking no frames until the buffer commits",
+            )
+        self.stop_event.wait(IDLE_WAIT_S)
+        self.commit(buffer, self._schema_id)
+        self._next_commit = time.monotonic() + self.commit_interval_s
         return True
 
     def finish(self, stopped: bool) -> None:
@@ -114,10 +138,10 @@ class Pipeline(Stage):
         (the chunks then wait in the writer for the next commit)."""
         self.chunker.seal()
         done = self.writer.commit(buffer, schema_id, self.chunker.take())
-        self.lost_in_memory += done.lost
         self.chunks_committed += len(done.committed)
         self.samples_committed += sum(c.sample_count for c in done.committed)
         self.chunks_refused += len(done.refused)
+        self.samples_refused += sum(c.sample_count for c in done.refused)
         if done.committed or done.refused:
             self.wake.set()
         return done.ok

@@ -34,6 +34,7 @@ class State(enum.Enum):
     OFFLINE = "OFFLINE"
     ONLINE = "ONLINE"
     DRAINING = "DRAINING"
+    NOT_ACKED = "NOT_ACKED"  # connected, batches in flight, but no receiver's ack for too long
     STOPPED = "STOPPED"
 
 
@@ -47,6 +48,11 @@ class UploadCounters:
     bytes_sent: int = 0
     resends: int = 0
     last_ack_at: float | None = None
+    acks_rejected: int = 0  # acks whose MAC is missing or wrong (mqtt.auth_key_file): nothing deleted
+    acks_retained: int = 0  # retained acks ignored (a stale or planted message, never a receiver's)
+    acks_unknown_boot: int = 0  # ack ranges naming a boot this process never sent
+    acks_unmatched: int = 0  # ack ranges naming no chunk this process sent and holds
+    connect_failures: int = 0  # attempts to reach the broker that failed
 
 
 @dataclass(frozen=True)
@@ -54,12 +60,14 @@ class UploadStatus:
     """The uploader as other threads see it: built and published whole by the uploader's thread.
 
     ``counters`` is a copy (changing it changes nothing); ``acked_samples_per_s`` is the recent ack rate
-    (:meth:`DrainRate.per_second` when the snapshot was taken), ``None`` until there is one.
+    (:meth:`DrainRate.per_second` when the snapshot was taken), ``None`` until there is one;
+    ``unacked_for_s`` is how long batches have been in flight without any ack (``None`` when none is).
     """
 
     state: State
     counters: UploadCounters
     acked_samples_per_s: float | None
+    unacked_for_s: float | None = None
 
 
 def drain_eta(backlog_samples: int, samples_per_s: float | None) -> float | None:
@@ -85,10 +93,18 @@ class StatusReport:
     pid: int
     boot_id: str
     updated_at: float
+    unacked_for_s: float | None = None  # in NOT_ACKED: how long the receiver has not acked
 
     @classmethod
     def from_stats(
-        cls, vin: str, state: str, stats: Any, eta: float | None = None, pid: int = 0, boot_id: str = ""
+        cls,
+        vin: str,
+        state: str,
+        stats: Any,
+        eta: float | None = None,
+        pid: int = 0,
+        boot_id: str = "",
+        unacked_for_s: float | None = None,
     ) -> StatusReport:
         """A report from the buffer's running totals (``agent.buffer.BufferStats``)."""
         now = time.time()
@@ -106,6 +122,7 @@ class StatusReport:
             pid=pid,
             boot_id=boot_id,
             updated_at=now,
+            unacked_for_s=unacked_for_s,
         )
 
     def line(self) -> str:
@@ -117,8 +134,12 @@ class StatusReport:
         )
         eta = "" if self.drain_eta_s is None else f", drains in ~{self.drain_eta_s:.0f} s"
         drops = f", {self.dropped_chunks} chunks dropped" if self.dropped_chunks else ""
+        state = self.state
+        if state == State.NOT_ACKED.value:
+            waited = f" for {self.unacked_for_s:.0f} s" if self.unacked_for_s is not None else ""
+            state = f"{state} (connected, but the receiver has not acked{waited})"
         return (
-            f"{self.state}: backlog {self.backlog_chunks} chunks / {self.backlog_samples} samples{eta}, "
+            f"{state}: backlog {self.backlog_chunks} chunks / {self.backlog_samples} samples{eta}, "
             f"last ack {ack}{drops}"
         )
 

@@ -10,12 +10,18 @@ Contract
   most ``max_inflight_batches`` unacked, so the broker's per-subscriber queue never overflows. During a
   drain batches grow up to ``max_batch_bytes`` (and never past the broker's Maximum Packet Size).
 - Deletes from the buffer only what a receiver's ack on ``{prefix}/{vin}/ack`` names: the receiver sends
-  it after its own commit. A PUBACK from the broker deletes nothing.
+  it after its own commit. A PUBACK from the broker deletes nothing. An ack is honoured only for chunks
+  this process has sent (:class:`agent.acks.SentLedger`) and the buffer still holds, deleted by SQL range,
+  so its cost is bounded by what was sent, never by the range it claims; retained acks are ignored and
+  counted; ranges of boots never sent are counted and logged once; ``noted`` clears only notices sent.
 - Whatever is unacked after a reconnect or an ack timeout is sent again from the oldest; the receiver
   stores a chunk once, whatever the number of deliveries.
 - Eviction notices ride along in batches until a batch that carried them is acked.
 - States: OFFLINE (no broker), ONLINE (connected, backlog small), DRAINING (connected, working off a
-  backlog). Every transition is logged once, with its reason and the backlog.
+  backlog), NOT_ACKED (connected, but batches have been in flight without any ack for longer than
+  ``UNACKED_AFTER_TIMEOUTS`` ack timeouts). Every transition is logged once, with its reason and the
+  backlog. Failures to reach the broker are logged once per reason, with the broker and the next retry
+  (:mod:`agent.broker_link`).
 - What other threads see: :meth:`Uploader.status`, an immutable :class:`UploadStatus` (state, a copy of
   the counters, the ack rate; defined in :mod:`agent.status`) that the uploader's thread publishes
   under a lock after every turn and every transition. Everything else (``state``, the in-flight window, the :class:`DrainRate`) belongs
@@ -35,6 +41,8 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from agent import wire
+from agent.acks import SentLedger
+from agent.broker_link import FailureLog, describe_error, describe_refusal
 from agent.buffer import Buffer, StoredChunk
 from agent.config import UploadConfig
 from agent.errors import StorageError, WireError
@@ -42,10 +50,12 @@ from agent.service import mqtt
 from agent.service.logs import get_logger
 from agent.stage import Stage
 from agent.status import DrainRate, State, UploadCounters, UploadStatus
+from agent.wire import auth
 from agent.wire.values import ChunkId
 
 DRAIN_THRESHOLD_CHUNKS = 5  # more unsent chunks than this after a batch means we are draining
 IDLE_WAIT_S = 0.5  # the longest wait for work (a commit, a broker event): the heartbeat's period
+UNACKED_AFTER_TIMEOUTS = 3  # in flight with no ack for this many ack timeouts: NOT_ACKED
 
 __all__ = ["IDLE_WAIT_S", "State", "UploadCounters", "UploadStatus", "Uploader"]
 
@@ -83,6 +93,9 @@ class Uploader(Stage):
         self._cursor = 0  # last buffer row handed to the broker since the last reset
         self._packet_limit = 0  # the broker's Maximum Packet Size, 0 = none announced
         self._tokens, self._tokens_at = 0.0, time.monotonic()
+        self._sent = SentLedger()  # what this process handed to the broker and has not seen acked
+        self._waiting_since: float | None = None  # monotonic: first send with no ack since
+        self._unknown_boot_logged = False
         base = f"{mqtt_config.prefix}/{vin}"
         self.telemetry_topic, self.ack_topic, self.status_topic = (
             f"{base}/telemetry",
@@ -90,11 +103,17 @@ class Uploader(Stage):
             f"{base}/status",
         )
         client_id = mqtt_config.client_id or f"edge-agent-{vin}"
-        self.client = mqtt.make_client(mqtt_config, client_id, persistent=True)
-        self.client.will_set(self.status_topic, mqtt.offline_status(vin), qos=1, retain=True)
+        # Jitter the reconnect backoff, so a fleet does not reconnect in lock-step after a broker restart.
+        backoff = (random.uniform(0.5, 1.5), random.uniform(20, 40))
+        self.client = mqtt.make_client(mqtt_config, client_id, persistent=True, reconnect=backoff)  # type: ignore[arg-type]
+        self._failures = FailureLog(self.log, f"{mqtt_config.host}:{mqtt_config.port}", *backoff)
+        self._auth_key = mqtt_config.auth_key()  # the vehicle's MAC key (agent.wire.auth), or None
+        self._mac_rejections: set[str] = set()  # reasons already logged
+        self.client.will_set(self.status_topic, mqtt.offline_status(vin, self._auth_key), qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_connect_fail = self._on_connect_fail
 
     # --- any thread ---------------------------------------------------------------------------------
     def status(self) -> UploadStatus:
@@ -110,25 +129,34 @@ class Uploader(Stage):
     def publish_status(self, payload: bytes) -> None:
         """Retained status for dashboards (thread-safe: paho queues it)."""
         if self.status().state is not State.OFFLINE:
-            self.client.publish(self.status_topic, payload, qos=1, retain=True)
+            self.client.publish(self.status_topic, self._sign(payload), qos=1, retain=True)
+
+    def _sign(self, payload: bytes) -> bytes:
+        """``payload`` with its MAC under the vehicle's key, when there is one (pure: any thread)."""
+        return payload if self._auth_key is None else auth.sign(payload, self._auth_key, self.vin)
 
     # --- paho's thread: post events only -----------------------------------------------------------
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:
-            self._events.put(("refused", str(reason)))
+            self._events.put(("refused", reason))
             return
         client.subscribe(self.ack_topic, qos=1)
         self._events.put(("connected", (str(reason), getattr(properties, "MaximumPacketSize", 0))))
         self.wake.set()
 
+    def _on_connect_fail(self, client: paho.Client, _u: Any) -> None:
+        self._events.put(("unreachable", getattr(client, "last_connect_error", None)))
+        self.wake.set()
+
     def _on_disconnect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        # Jitter the reconnect backoff, so a fleet does not reconnect in lock-step after a broker restart.
-        client.reconnect_delay_set(min_delay=random.uniform(0.5, 1.5), max_delay=random.uniform(20, 40))  # type: ignore[arg-type]
         self._events.put(("disconnected", str(reason)))
         self.wake.set()
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-        self._events.put(("ack", message.payload))
+        if message.retain:  # kept by the broker from some earlier publisher: never a receiver's fresh ack
+            self._events.put(("retained_ack", len(message.payload)))
+        else:
+            self._events.put(("ack", message.payload))
         self.wake.set()
 
     # --- the owner's thread -------------------------------------------------------------------------
@@ -160,6 +188,7 @@ class Uploader(Stage):
         self._drain_events(self._buffer)
         if self.state is not State.OFFLINE:
             self._expire(time.monotonic())
+            self._check_unacked(time.monotonic(), self._buffer)
             while len(self._inflight) < self.config.max_inflight_batches and self._send_one(self._buffer):
                 self.heartbeat.beat()
         self._publish()
@@ -181,9 +210,9 @@ class Uploader(Stage):
 
     def _publish(self) -> None:
         """Publish what other threads may see (:meth:`status`)."""
-        snapshot = UploadStatus(
-            self.state, replace(self._counters), self.drain_rate.per_second(time.monotonic())
-        )
+        now = time.monotonic()
+        waited = None if self._waiting_since is None else now - self._waiting_since
+        snapshot = UploadStatus(self.state, replace(self._counters), self.drain_rate.per_second(now), waited)
         with self._status_lock:
             self._status = snapshot
 
@@ -195,15 +224,36 @@ class Uploader(Stage):
                 return
             if kind == "connected":
                 self._reset()
+                self._waiting_since = None
+                self._failures.connected()
                 self._packet_limit = int(detail[1] or 0)
                 self._transition(State.ONLINE, f"connected ({detail[0]})", buffer)
-            elif kind in ("disconnected", "refused"):
+            elif kind in ("disconnected", "refused", "unreachable"):
                 self._reset()
+                self._waiting_since = None
+                if kind != "disconnected":
+                    self._counters.connect_failures += 1
+                    self._failures.failed(*self._describe(kind, detail))
                 self._transition(State.OFFLINE, f"{kind} ({detail})", buffer)
+            elif kind == "retained_ack":
+                self._counters.acks_retained += 1
+                if self._counters.acks_retained == 1:  # once: counted from then on
+                    self.log.warning(
+                        "ack_ignored", reason="retained (not a receiver's fresh ack)", size=detail
+                    )
             elif kind == "ack":
                 self._handle_ack(buffer, detail)
 
     def _handle_ack(self, buffer: Buffer, payload: bytes) -> None:
+        if self._auth_key is not None:
+            try:
+                auth.verify(payload, self._auth_key, self.vin)
+            except WireError as error:
+                self._counters.acks_rejected += 1
+                if str(error) not in self._mac_rejections:
+                    self._mac_rejections.add(str(error))
+                    self.log.error("ack_rejected", reason=str(error), size=len(payload), logged="once")
+                return
         try:
             vin, ranges = wire.decode_ack(payload)
         except WireError as error:
@@ -212,14 +262,23 @@ class Uploader(Stage):
         if vin != self.vin:
             self.log.error("ack_rejected", reason=f"ack names vin {vin!r}", size=len(payload))
             return
-        acked = {ChunkId(boot, seq) for boot, first, last in ranges for seq in range(first, last + 1)}
+        # Only what this process sent: the cost follows the chunks sent, never the width of a claimed range.
+        match = self._sent.match(ranges)
+        noted = self._sent.noted(wire.ack_noted(payload))
+        self._count_strays(match.unknown_boots, match.unmatched)
+        if not match.ids and not noted:
+            return  # names nothing this agent sent: not a receiver's ack of ours (stale, or forged)
+        acked = set(match.ids)
         done = [key for key, batch in self._inflight.items() if batch.ids <= acked]
         try:
-            deleted = buffer.delete(ranges)
-            buffer.clear_noted(wire.ack_noted(payload))
+            deleted = buffer.delete(match.ranges) if match.ranges else 0
+            buffer.clear_noted(noted)
         except StorageError as error:
             self.log.error("ack_not_applied", reason=str(error))
             return
+        self._waiting_since = None if len(done) == len(self._inflight) else time.monotonic()
+        if self.state is State.NOT_ACKED:
+            self._transition(State.ONLINE, "acked again", buffer)
         self._counters.chunks_acked += deleted
         self._counters.last_ack_at = time.time()
         self.drain_rate.add(sum(self._inflight[key].samples for key in done), time.monotonic())
@@ -227,6 +286,30 @@ class Uploader(Stage):
             del self._inflight[key]
         for batch in self._inflight.values():
             batch.ids -= acked
+
+    def _describe(self, kind: str, detail: Any) -> tuple[str, str]:
+        """The reason class and detail of a failed connection (a refusal, or an error before any CONNACK)."""
+        return describe_refusal(detail) if kind == "refused" else describe_error(detail, self.mqtt_config.tls)
+
+    def _count_strays(self, unknown_boots: frozenset[bytes], unmatched: int) -> None:
+        """Count ack ranges that name nothing this process sent; the first unknown boot is logged."""
+        self._counters.acks_unknown_boot += len(unknown_boots)
+        self._counters.acks_unmatched += unmatched
+        if unknown_boots and not self._unknown_boot_logged:
+            self._unknown_boot_logged = True  # once: a stranger's acks must not flood the journal
+            self.log.warning(
+                "ack_ignored",
+                reason="names a boot this agent never sent (a stale or forged ack; counted from now on)",
+                boot_id=min(unknown_boots).hex(),
+            )
+
+    def _check_unacked(self, now: float, buffer: Buffer) -> None:
+        """NOT_ACKED once batches have waited ``UNACKED_AFTER_TIMEOUTS`` ack timeouts with no ack."""
+        limit = UNACKED_AFTER_TIMEOUTS * self.config.ack_timeout_s
+        if self._waiting_since is None or self.state is State.NOT_ACKED or now - self._waiting_since <= limit:
+            return
+        waited = round(now - self._waiting_since)
+        self._transition(State.NOT_ACKED, f"connected, but the receiver has not acked for {waited} s", buffer)
 
     def _reset(self) -> None:
         """Forget what is in flight: it will be sent again, oldest first."""
@@ -258,8 +341,10 @@ class Uploader(Stage):
     ) -> bytes:
         schema = buffer.schema(chunks[0].schema_id)
         evicted = [(boot, first, last) for _, boot, first, last in notices]
-        return wire.encode_batch(
-            self.vin, schema, [c.payload for c in chunks], evicted, time.time(), self.config.compression
+        return self._sign(
+            wire.encode_batch(
+                self.vin, schema, [c.payload for c in chunks], evicted, time.time(), self.config.compression
+            )
         )
 
     def _send_one(self, buffer: Buffer) -> bool:
@@ -285,11 +370,11 @@ class Uploader(Stage):
             self.log.warning("publish_failed", rc=paho.error_string(info.rc))
             return False
         self._cursor = chunks[-1].row_id
-        self._inflight[self._cursor] = _InFlight(
-            {ChunkId(c.boot_id, c.seq) for c in chunks},
-            sum(c.sample_count for c in chunks),
-            time.monotonic(),
-        )
+        ids = {ChunkId(c.boot_id, c.seq) for c in chunks}
+        self._sent.sent(ids, ((boot, first, last) for _, boot, first, last in notices))
+        self._inflight[self._cursor] = _InFlight(ids, sum(c.sample_count for c in chunks), time.monotonic())
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
         self._counters.batches_sent += 1
         self._counters.chunks_sent += len(chunks)
         self._counters.bytes_sent += len(payload)
@@ -311,12 +396,17 @@ class Uploader(Stage):
         if not notices or schema_id is None:
             return False
         evicted = [(boot, first, last) for _, boot, first, last in notices]
-        payload = wire.encode_batch(
-            self.vin, buffer.schema(schema_id), [], evicted, time.time(), self.config.compression
+        payload = self._sign(
+            wire.encode_batch(
+                self.vin, buffer.schema(schema_id), [], evicted, time.time(), self.config.compression
+            )
         )
         if self.client.publish(self.telemetry_topic, payload, qos=1).rc != paho.MQTT_ERR_SUCCESS:
             return False
+        self._sent.sent((), ((boot, first, last) for _, boot, first, last in notices))
         self._inflight[-1] = _InFlight(set(), 0, time.monotonic())
+        if self._waiting_since is None:
+            self._waiting_since = time.monotonic()
         self._counters.batches_sent += 1
         self._counters.bytes_sent += len(payload)
         return False

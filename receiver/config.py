@@ -13,8 +13,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.service.logs import LOGGING_SECTION, LoggingConfig
-from agent.service.mqtt import MQTT_CHECKS, MQTT_FIELDS, TOPIC_WORD, MqttConfig
-from agent.service.schema import FilePath, Section, String, load_document, parse_document
+from agent.service.mqtt import MQTT_CHECKS, MQTT_FIELDS, TOPIC_WORD, MqttConfig, read_key_file
+from agent.service.schema import (
+    FilePath,
+    Integer,
+    Nullable,
+    Section,
+    SectionView,
+    String,
+    load_document,
+    parse_document,
+)
+from agent.wire.chunks import Limits
 
 DEFAULT_RECEIVER_CONFIG = Path("/etc/edge-receiver/config.yaml")
 
@@ -32,17 +42,54 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """``fleet_key_file``: the fleet key (``pki init``'s fleet.key); with it, batches must carry a MAC."""
+
+    fleet_key_file: Path | None = None
+
+    def fleet_key(self) -> bytes | None:
+        """The 32 bytes of ``fleet_key_file``, or ``None`` when batches are not authenticated."""
+        if self.fleet_key_file is None:
+            return None
+        return read_key_file(self.fleet_key_file, "security.fleet_key_file")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What one batch may be, checked before it is decoded (bytes) or its values allocated (the rest).
+
+    Defaults: an agent's drain batch is at most ``upload.max_batch_bytes`` (256 KiB) of stored chunks,
+    sent in about as many bytes or fewer; 4 MiB leaves 16x headroom. Samples and values: see
+    :class:`agent.wire.chunks.Limits` (500,000 samples and 13.1 M values at most from a default agent).
+    """
+
+    max_batch_bytes: int = 4 * 1024 * 1024
+    max_samples_per_batch: int = 1_000_000
+    max_values_per_batch: int = 16_000_000
+
+    def wire(self) -> Limits:
+        return Limits(self.max_samples_per_batch, self.max_values_per_batch)
+
+
+@dataclass(frozen=True)
 class ReceiverConfig:
     """The whole receiver config. ``mqtt.client_id`` defaults to ``edge-receiver-<hostname>-<pid>``."""
 
     mqtt: ReceiverMqttConfig = field(default_factory=ReceiverMqttConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def __post_init__(self) -> None:
         if self.mqtt.client_id is None:
             client_id = f"edge-receiver-{socket.gethostname()}-{os.getpid()}"
             object.__setattr__(self, "mqtt", replace(self.mqtt, client_id=client_id))
+
+
+def _no_agent_key(mqtt: MqttConfig, view: SectionView) -> None:
+    if mqtt.auth_key_file is not None:
+        view.error("auth_key_file", "is the agent's key; a receiver takes security.fleet_key_file")
 
 
 RECEIVER_SCHEMA = Section(
@@ -54,10 +101,19 @@ RECEIVER_SCHEMA = Section(
                 **MQTT_FIELDS,
                 "share_group": String(pattern=TOPIC_WORD, rule="one topic level without '+', '#'"),
             },
-            MQTT_CHECKS,
+            (*MQTT_CHECKS, _no_agent_key),
         ),
         "store": Section(StoreConfig, {"path": FilePath()}),
         "logging": LOGGING_SECTION,
+        "security": Section(SecurityConfig, {"fleet_key_file": Nullable(FilePath(must_exist=True))}),
+        "limits": Section(
+            LimitsConfig,
+            {
+                "max_batch_bytes": Integer(min=1024),
+                "max_samples_per_batch": Integer(min=1),
+                "max_values_per_batch": Integer(min=1),
+            },
+        ),
     },
 )
 

@@ -11,8 +11,10 @@ Contract
 - What an ack means: ``{prefix}/{vin}/ack`` (QoS 1) names chunks that are committed durably in the store,
   and it is published only after that commit. A duplicate batch is acked again (its chunks are stored).
 - Garbage (not an envelope, wrong version, bad zlib or protobuf, inconsistent columns, a topic vin that
-  is not the batch's, a rate that conflicts with the store) is logged once as ``batch_rejected`` with
-  the topic, size and reason, counted, and never acked. A storage error is logged and not acked (the
+  is not the batch's, a rate that conflicts with the store, a batch past ``limits``: its bytes checked
+  before it is decoded, its declared samples and samples x signals before any value is allocated) is
+  logged once as ``batch_rejected`` with the topic, size and reason, counted, and never acked. Memory
+  per message is bounded by the limits (measured in tests/test_receiver_limits.py). A storage error is logged and not acked (the
   agent resends); the service keeps running either way.
 - The receiver owns its :class:`~receiver.store.Store` (opened by ``start``, closed by ``stop``) and the
   counters; a message's payload is not kept after its callback returns.
@@ -40,6 +42,7 @@ from agent.errors import StorageError, WireError
 from agent.service import mqtt
 from agent.service.logs import get_logger
 from agent.service.supervise import Heartbeat, Supervisor
+from agent.wire import auth
 from receiver.config import ReceiverConfig
 from receiver.store import RateConflictError, Store
 
@@ -57,6 +60,7 @@ class Counters:
     chunks_duplicate: int = 0
     samples: int = 0  # values inserted
     rejected: int = 0  # payloads refused: never acked
+    bad_mac: int = 0  # of those, refused for a missing or wrong MAC (security.fleet_key_file)
     store_errors: int = 0  # storage failures: not acked, the agent resends
     failed: int = 0  # unexpected exceptions while handling a message: not acked
     acks_sent: int = 0
@@ -85,12 +89,18 @@ class Receiver:
         self._stop_requested = threading.Event()
         self._client: paho.Client | None = None
         self._store: Store | None = None
+        self._fleet_key = config.security.fleet_key()  # None: batches are not authenticated
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Open the store and start connecting in the background; returns at once."""
         self._stopping = False
+        if self._fleet_key is None:
+            self.log.warning(
+                "batches_not_authenticated",
+                reason="no security.fleet_key_file: anyone on the broker can forge",
+            )
         self._store = Store(self.config.store.path)
         try:
             self._client = self._make_client()
@@ -226,7 +236,17 @@ class Receiver:
             vin = self.topic_vin(topic)
             if vin is None:
                 raise WireError(f"topic is not {self.prefix}/<vin>/telemetry")
-            batch = wire.decode_batch(payload)
+            limits = self.config.limits
+            if len(payload) > limits.max_batch_bytes:
+                raise WireError(f"{len(payload)} bytes is more than limits.max_batch_bytes")
+            key = None if self._fleet_key is None else auth.derive_key(self._fleet_key, vin)
+            if key is not None:
+                try:
+                    auth.verify(payload, key, vin)  # before anything is decompressed or parsed
+                except WireError:
+                    self.counters.bad_mac += 1
+                    raise
+            batch = wire.decode_batch(payload, limits.wire())
             if batch.vin != vin:
                 raise WireError(f"batch is for vin {batch.vin!r} but was published under vin {vin!r}")
             result = self._store.store_batch(batch)
@@ -246,4 +266,5 @@ class Receiver:
         self.log.debug(
             "batch_stored", vin=vin, new=result.new, duplicates=result.duplicates, samples=result.samples
         )
-        return vin, wire.encode_ack(vin, result.stored, batch.evicted)
+        ack = wire.encode_ack(vin, result.stored, batch.evicted)
+        return vin, (ack if key is None else auth.sign(ack, key, vin))

@@ -4,9 +4,11 @@ and the CA's certificate revocation list (CRL), all through the ``cryptography``
 A PKI is a directory (:class:`Pki` names every file in it)::
 
     ca.crt  ca.key  crl.pem            the CA (keep ca.key offline), its CRL (the broker's crlfile)
+    fleet.key                          32 random bytes: the receivers' key to every vehicle's MAC key
     broker.crt  broker.key             the broker's server certificate (SANs: the names and addresses given)
     receivers/NAME.crt  NAME.key       a receiver's client certificate, CN "receiver" or "receiver-<word>"
     vehicles/VIN.crt  VIN.key          a vehicle's client certificate, CN = its VIN (one MQTT topic level)
+    vehicles/VIN.auth-key              its MAC key (:func:`agent.wire.auth.derive_key` of fleet.key)
     revoked/NAME-SERIAL.crt            certificates revoked (their keys are deleted)
 
 The broker uses the CN of a client certificate as the MQTT user name (``use_identity_as_username``), so the
@@ -33,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.errors import EdgeError
+from agent.wire import auth
 
 VIN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")  # the agent's vin rule: one topic level, no wildcards
 RECEIVER_PATTERN = re.compile(r"receiver(-[A-Za-z0-9_-]{1,32})?")
@@ -70,6 +73,14 @@ class Pki:
     @property
     def broker_key(self) -> Path:
         return self.root / "broker.key"
+
+    @property
+    def fleet_key(self) -> Path:
+        return self.root / "fleet.key"
+
+    def auth_key(self, vin: str) -> Path:
+        """A vehicle's MAC key file (the agent's ``mqtt.auth_key_file``)."""
+        return self.root / "vehicles" / f"{vin}.auth-key"
 
     def client(self, name: str, receiver: bool = False) -> tuple[Path, Path]:
         """The certificate and key files of a vehicle (or a receiver)."""
@@ -129,6 +140,7 @@ def init(root: Path, names: list[str], addresses: list[str], days: int = LEAF_DA
     _write_key(pki.ca_key, ca_key)
     _write(pki.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
     _write_crl(pki, [], ca_cert, ca_key, 1)
+    _write(pki.fleet_key, os.urandom(auth.KEY_BYTES), mode=0o600)
     cert, key = _leaf(pki, "broker", days, ExtendedKeyUsageOID.SERVER_AUTH, x509.SubjectAlternativeName(sans))
     _write_key(pki.broker_key, key)
     _write(pki.broker_cert, cert)
@@ -155,6 +167,14 @@ def issue(root: Path, name: str, receiver: bool = False, days: int = LEAF_DAYS, 
     cert, key = _leaf(pki, name, days, ExtendedKeyUsageOID.CLIENT_AUTH, None)
     _write_key(key_path, key)
     _write(cert_path, cert)
+    if not receiver:
+        if not pki.fleet_key.exists():  # a PKI made before message authentication: give it a fleet key
+            _write(pki.fleet_key, os.urandom(auth.KEY_BYTES), mode=0o600)
+        if not pki.auth_key(name).exists():  # derived: the same key whenever the certificate is rotated
+            fleet_key = _load(pki.fleet_key, lambda data: data)
+            if len(fleet_key) != auth.KEY_BYTES:
+                raise PkiError(f"{pki.fleet_key}: {len(fleet_key)} bytes, not a {auth.KEY_BYTES}-byte key")
+            _write(pki.auth_key(name), auth.derive_key(fleet_key, name), mode=0o600)
     return pki
 
 

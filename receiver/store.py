@@ -12,23 +12,33 @@ Contract
   per signal with a value in it: the chunk's physical values of that signal (``SignalSpec.to_physical``,
   NaN, ``-0.0`` and ints past 64 bits included; :mod:`receiver.column`) and a presence bitmap. Chunks are
   indexed by (vin, first_tick), ``vins.max_span`` bounds their span: ``rows`` reads only its range's.
-- First write wins, at write time: a value at a (signal, tick) that an earlier chunk holds (two boots
-  replaying one log) is dropped from the new chunk before it is stored, counted in its ``overlaps``;
-  nothing exported or acked is rewritten: a read is the union of the chunks overlapping its range.
-- One sampling rate per vin: tick numbers of different rates do not share a time axis, so a batch whose
-  rate differs from the vin's stored one is refused whole with :class:`RateConflictError` (not acked: the
-  agent keeps the data until an operator moves the vin to a new store). Ticks that do not increase
-  within a chunk or leave int64, or a signal named twice, are garbage: :class:`~agent.errors.WireError`.
+- The overlap rule: first write wins, at write time, among the chunks that reached the store, i.e. that
+  passed the receiver's checks (its message authentication, when the fleet key is configured, so that no
+  one but vehicle A writes A's data). A value at a (signal, instant) that an earlier chunk of the vin
+  holds (two boots replaying one log) is dropped from the new chunk before it is stored, counted in its
+  ``overlaps``; nothing exported or acked is rewritten: a read is the union of the chunks overlapping
+  its range. Instants, not tick numbers, are compared: tick ``n`` of a segment of rate ``r`` is at
+  ``n / r`` seconds, and a value of another segment coincides with it only at the same instant.
+- A sampling rate per segment: each boot (``boot_id``) of a vin is a segment of its timeline with one
+  rate, set by its first batch; a vehicle whose operator changes ``sampling.rate_hz`` starts a new boot
+  and keeps uploading. A batch whose rate differs from its boot's stored one is refused whole with
+  :class:`RateConflictError` (an agent never does that). Reads put a vin's segments on one grid,
+  :meth:`Store.rate` (the least rate that every segment's rate divides, so each tick is exact there):
+  ``rows`` gives ticks of that grid, in time order across segments. Ticks that do not increase within a
+  chunk or leave int64, or a signal named twice, are garbage: :class:`~agent.errors.WireError`.
 - Each signal keeps the coding (scale, bound, angle...) that the latest batch naming it declared.
 - The caller owns the :class:`~agent.wire.DecodedBatch`; the store keeps nothing of it after the call.
 - Errors: apsw exceptions become ``StorageError`` / ``StorageFullError`` / ``StorageCorruptError`` naming
   the file. A file of an older schema (version 1 stored a row per value) is refused with StorageError;
-  one of version 2 (no declared coding) is upgraded in place by a writer, read as it is by a reader.
+  one of version 2 (no declared coding) or 3 (one rate per vin) is upgraded in place by a writer, read
+  as it is by a reader (every boot of a version-3 file at its vin's one rate).
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import math
 import os
 import time
 from collections import defaultdict
@@ -44,11 +54,11 @@ from agent.service.schema import suggest
 from agent.wire import DecodedBatch
 from agent.wire.values import ChunkData, ChunkId, RawValue, SignalSpec
 from receiver import column, table
-from receiver.timeline import Row, VinStats, group_chunks, merge_chunks, summarize
+from receiver.timeline import Row, VinStats, group_chunks, merge_chunks, scaled, summarize
 
 
 class RateConflictError(EdgeError):
-    """A batch's sampling rate differs from the rate already stored for its vin."""
+    """A batch's sampling rate differs from the rate already stored for its boot."""
 
 
 class NotFoundError(EdgeError):
@@ -89,7 +99,8 @@ class Store:
     def _setup(self, readonly: bool, busy_timeout_ms: int) -> None:
         self._conn.setbusytimeout(busy_timeout_ms)
         version = self._fetch("PRAGMA user_version")[0][0]
-        self._declares = not table.upgrades(self.path, version, readonly=readonly)  # else read as it is
+        table.upgrades(self.path, version, readonly=readonly)  # raises for a file it cannot open
+        self._declares, self._segments = version >= 3, version >= 4  # else read as it is
         if readonly:
             return
         mode = self._fetch("PRAGMA journal_mode=WAL")[0][0]
@@ -101,7 +112,7 @@ class Store:
             for statement in (*table.upgrades(self.path, version, readonly=False), table.DDL):
                 self._conn.execute(statement)
             self._conn.execute(f"PRAGMA user_version={table.SCHEMA_VERSION}")
-        self._declares = True
+        self._declares = self._segments = True
 
     # --- plumbing ----------------------------------------------------------------------------------------
 
@@ -149,7 +160,8 @@ class Store:
         coders = [column.ColumnCoder(spec) for spec in batch.schema.signals]
         counts: list[tuple[int, int, int]] = []  # (values stored, values overlapping, id) per new chunk
         with self._guard("write to"), self._transaction():
-            span = old_span = self._check_rate(batch)
+            span, rates = self._check_rate(batch)
+            old_span, rate = span, batch.schema.rate
             declared = [table.declared(batch.vin, spec) for spec in batch.schema.signals]
             self._conn.executemany(table.DECLARE_SIGNALS, declared)
             known = dict(self._fetch("SELECT name, id FROM signals WHERE vin = ?", (batch.vin,)))
@@ -167,7 +179,8 @@ class Store:
                 raw_columns: Sequence[Sequence[RawValue | None]] = chunk.columns
                 skipped = 0
                 if chunk.ticks:
-                    held = self._held(batch.vin, chunk_id, chunk.ticks[0], chunk.ticks[-1], span, pending)
+                    bounds = (chunk.ticks[0], chunk.ticks[-1], rate, rates, span)
+                    held = self._held(batch.vin, chunk_id, bounds, pending)
                     if held:  # rare: another boot's chunk stored values at some of these ticks
                         raw_columns, skipped = column.without(
                             chunk.ticks, raw_columns, [held[i] for i in ids]
@@ -188,23 +201,31 @@ class Store:
         values, overlaps = sum(c[0] for c in counts), sum(c[1] for c in counts)
         return StoreResult(stored_ids, len(counts), len(batch.chunks) - len(counts), values, overlaps)
 
-    def _check_rate(self, batch: DecodedBatch) -> int:
-        """Refuse a batch of another rate than the vin's; return the vin's ``max_span``."""
-        rate = batch.schema.rate
-        row = self._fetch("SELECT rate_num, rate_den, max_span FROM vins WHERE vin = ?", (batch.vin,))
+    def _check_rate(self, batch: DecodedBatch) -> tuple[int, list[Fraction]]:
+        """Record the vin and its batch's boots at the batch's rate; refuse a batch of another rate than a
+        boot's stored one. Return the vin's ``max_span`` and the rates of its segments."""
+        rate, vin = batch.schema.rate, batch.vin
+        row = self._fetch("SELECT max_span FROM vins WHERE vin = ?", (vin,))
         if not row:
-            values = (batch.vin, rate.numerator, rate.denominator, time.time())
+            values = (vin, rate.numerator, rate.denominator, time.time())
             self._conn.execute(
                 "INSERT INTO vins (vin, rate_num, rate_den, first_seen) VALUES (?, ?, ?, ?)", values
             )
-            return 0
-        stored = Fraction(row[0][0], row[0][1])
-        if stored != rate:
-            raise RateConflictError(
-                f"vin {batch.vin}: batch sampled at {rate} Hz but {self.path} holds this vin at "
-                f"{stored} Hz; a store keeps one rate per vin (use a new store for the new rate)"
+        for boot in dict.fromkeys(chunk.boot_id for chunk in batch.chunks):
+            held = self._fetch(
+                "SELECT rate_num, rate_den FROM boots WHERE vin = ? AND boot_id = ?", (vin, boot)
             )
-        return int(row[0][2])
+            if not held:
+                self._conn.execute(
+                    "INSERT INTO boots VALUES (?, ?, ?, ?)", (vin, boot, rate.numerator, rate.denominator)
+                )
+            elif (stored := Fraction(held[0][0], held[0][1])) != rate:
+                raise RateConflictError(
+                    f"vin {vin} boot {boot.hex()}: batch sampled at {rate} Hz but {self.path} holds "
+                    f"this boot at {stored} Hz; a boot keeps one rate"
+                )
+        rates = [Fraction(num, den) for num, den in self._fetch(table.VIN_RATES, (vin,))]
+        return (int(row[0][0]) if row else 0), rates
 
     def _insert_chunk(self, vin: str, chunk: ChunkData, now: float) -> int | None:
         """The new chunk's id, or ``None`` when it is stored already."""
@@ -219,22 +240,38 @@ class Store:
         return int(inserted[0][0]) if inserted else None
 
     def _held(
-        self, vin: str, chunk_id: int, first: int, last: int, span: int, pending: list[Any]
+        self,
+        vin: str,
+        chunk_id: int,
+        bounds: tuple[int, int, Fraction, Sequence[Fraction], int],
+        pending: list[Any],
     ) -> defaultdict[int, set[int]] | None:
-        """Per signal id, the ticks in [first, last] that other chunks of the vin hold a value for, or
-        ``None`` when no other chunk overlaps; stores the ``pending`` column rows first when one does."""
-        earlier = self._fetch(table.OVERLAPPING, (vin, first - span, last, first, chunk_id))
+        """Per signal id, the ticks in [first, last] (of ``rate``) at whose instants other chunks of the
+        vin, of its segments of ``rates``, hold a value, or ``None`` when no other chunk overlaps those
+        instants; stores the ``pending`` column rows first when one does."""
+        first, last, rate, rates, span = bounds
+        earlier: list[tuple[Any, Fraction]] = []
+        for other in rates:  # [first, last] in the other rate's ticks, widened to whole ticks
+            low, high = math.floor(first * other / rate), math.ceil(last * other / rate)
+            query = (vin, low - span, high, low, chunk_id, other.numerator, other.denominator)
+            earlier += ((row, other) for row in self._fetch(table.OVERLAPPING, query))
         if not earlier:
             return None
         self._conn.executemany(table.INSERT_COLUMNS, pending)
         pending.clear()
         held: defaultdict[int, set[int]] = defaultdict(set)
-        for other, other_first, other_last, packed in earlier:
+        for (other_id, other_first, other_last, packed), other in earlier:
             ticks = table.chunk_ticks(other_first, other_last, packed)
+            factor = rate / other  # tick t of the other segment is tick t * factor of this one
             for signal_id, present in self._fetch(
-                "SELECT signal_id, present FROM chunk_columns WHERE chunk_id = ?", (other,)
+                "SELECT signal_id, present FROM chunk_columns WHERE chunk_id = ?", (other_id,)
             ):
-                held[signal_id].update(ticks[index] for index in column.positions(present, len(ticks)))
+                at = (ticks[index] for index in column.positions(present, len(ticks)))
+                if factor == 1:
+                    held[signal_id].update(at)
+                else:
+                    up, down = factor.numerator, factor.denominator
+                    held[signal_id].update(tick * up // down for tick in at if tick * up % down == 0)
         return held
 
     # --- reading -----------------------------------------------------------------------------------------
@@ -250,11 +287,18 @@ class Store:
         return [row[0] for row in self._query("SELECT vin FROM vins ORDER BY vin")]
 
     def rate(self, vin: str) -> Fraction:
-        """The vin's sampling rate in Hz: tick ``n`` is at ``n / rate`` seconds."""
+        """The rate in Hz of the grid that :meth:`rows` gives the vin's ticks on: tick ``n`` is at
+        ``n / rate`` seconds. Its sampling rate when all its segments share one; else the least rate that
+        every segment's rate divides (1 Hz and 50 Hz: 50 Hz; 2 Hz and 3 Hz: 6 Hz)."""
+        return _grid(self._rates(vin))
+
+    def _rates(self, vin: str) -> list[Fraction]:
+        """The rates of the vin's segments (its first batch's alone when it has none, or in a v3 file)."""
         row = self._query("SELECT rate_num, rate_den FROM vins WHERE vin = ?", (vin,))
         if not row:
             raise NotFoundError(f"unknown vin {vin!r} in {self.path}{suggest(vin, self.vins())}")
-        return Fraction(row[0][0], row[0][1])
+        rates = self._query(table.VIN_RATES, (vin,)) if self._segments else []
+        return sorted(Fraction(num, den) for num, den in rates) or [Fraction(row[0][0], row[0][1])]
 
     def signals(self, vin: str) -> list[str]:
         return [row[0] for row in self._query("SELECT name FROM signals WHERE vin = ? ORDER BY name", (vin,))]
@@ -275,7 +319,7 @@ class Store:
         chunks overlapping the range, joined with their columns of ``names``; memory is one chunk plus the
         chunks that overlap it.
         """
-        self.rate(vin)  # raises for an unknown vin
+        rates = self._rates(vin)  # raises for an unknown vin
         known = dict(self._query("SELECT name, id FROM signals WHERE vin = ?", (vin,)))
         for name in names:
             if name not in known:
@@ -285,14 +329,37 @@ class Store:
             wanted.setdefault(known[name], []).append(place)
         low = column.INT64_RANGE[0] if start_tick is None else start_tick
         high = column.INT64_RANGE[1] if end_tick is None else end_tick
-        return self._stream(vin, wanted, len(names), low, high)
+        if len(rates) == 1:
+            return self._stream(vin, wanted, len(names), low, high)
+        return self._segmented(vin, wanted, len(names), (low, high), rates)
 
     def _stream(self, vin: str, ids: dict[int, list[int]], width: int, low: int, high: int) -> Iterator[Row]:
         with self._guard("read"):
             cursor = self._conn.execute(table.range_query(len(ids)), [vin, low, high, *ids])
             yield from merge_chunks(group_chunks(cursor, ids, width, low, high))
 
+    def _segmented(
+        self, vin: str, ids: dict[int, list[int]], width: int, bounds: tuple[int, int], rates: list[Fraction]
+    ) -> Iterator[Row]:
+        """:meth:`_stream` over segments of several rates: one cursor per rate, its ticks put on the
+        grid of :meth:`rate`, the chunks merged by their start on it."""
+        grid = _grid(rates)
+        with self._guard("read"):
+            streams = []
+            for rate in rates:
+                factor = int(grid / rate)
+                low, high = -(-bounds[0] // factor), bounds[1] // factor  # whole ticks of this rate
+                params = [vin, low, high, rate.numerator, rate.denominator, *ids]
+                cursor = self._conn.execute(table.range_query(len(ids), by_rate=True), params)
+                streams.append(scaled(group_chunks(cursor, ids, width, low, high), factor))
+            yield from merge_chunks(heapq.merge(*streams, key=lambda chunk: chunk[0]))
+
     def stats(self) -> list[VinStats]:
         """Per vin: chunks, samples, values, overlaps, evicted chunks, and seq runs that are missing."""
         totals, runs = self._query(table.STATS_TOTALS), self._query(table.STATS_RUNS)
         return summarize(self.vins(), totals, runs, self._query(table.STATS_EVICTED))
+
+
+def _grid(rates: Sequence[Fraction]) -> Fraction:
+    """The least rate that every one of ``rates`` divides (so that each of their ticks is a whole tick)."""
+    return Fraction(math.lcm(*(r.numerator for r in rates)), math.gcd(*(r.denominator for r in rates)))

@@ -5,7 +5,10 @@ Contract: pure constants and functions, no I/O, no shared state: safe from any t
 runs the statements and says what the tables guarantee; :mod:`receiver.column` codes a column's values.
 
 Tables (version :data:`SCHEMA_VERSION`)
-- ``vins``: rate and ``max_span``; ``gaps``: eviction notices.
+- ``vins``: the rate of the vin's first batch (what a store of version 3 knew) and ``max_span`` (in the
+  ticks of any of its segments: a bound on each); ``gaps``: eviction notices.
+- ``boots``: the sampling rate of each (vin, boot_id), a segment of the vin's timeline; added by version 4,
+  whose upgrade gives every stored boot its vin's one rate.
 - ``signals``: an id per (vin, name), and the coding its agent declared on the wire in the latest batch
   that named it (the fields of :class:`~agent.wire.values.SignalSpec`: scale, offset, float or not,
   integer-scaled or not, the error bound in raw units, the predictor with an angle's period); ``NULL``
@@ -27,12 +30,16 @@ from agent.errors import StorageError
 from agent.wire.values import SignalSpec
 from receiver.column import INT64_RANGE
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 DDL = """
 CREATE TABLE IF NOT EXISTS vins (
     vin TEXT PRIMARY KEY, rate_num INTEGER NOT NULL, rate_den INTEGER NOT NULL, first_seen REAL NOT NULL,
     max_span INTEGER NOT NULL DEFAULT 0  -- the largest last_tick - first_tick of the vin's chunks
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS boots (
+    vin TEXT NOT NULL, boot_id BLOB NOT NULL, rate_num INTEGER NOT NULL, rate_den INTEGER NOT NULL,
+    PRIMARY KEY (vin, boot_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chunks (
     vin TEXT NOT NULL, boot_id BLOB NOT NULL, seq INTEGER NOT NULL, first_tick INTEGER, last_tick INTEGER,
@@ -66,7 +73,13 @@ _DECLARED_TYPES = {
 _DECLARED_TYPES |= {"bound_raw": "INTEGER", "coding": "TEXT"}  # the columns of a signal's declared coding
 _DECLARED = tuple(_DECLARED_TYPES)
 # From a version (the key) to the next one, in place: a writer opening an older store runs them in order.
-UPGRADES = {2: "".join(f"ALTER TABLE signals ADD COLUMN {c} {t};" for c, t in _DECLARED_TYPES.items())}
+UPGRADES = {
+    2: "".join(f"ALTER TABLE signals ADD COLUMN {c} {t};" for c, t in _DECLARED_TYPES.items()),
+    3: "CREATE TABLE IF NOT EXISTS boots (vin TEXT NOT NULL, boot_id BLOB NOT NULL, rate_num INTEGER NOT NULL, "
+    "rate_den INTEGER NOT NULL, PRIMARY KEY (vin, boot_id)) WITHOUT ROWID; "
+    "INSERT OR IGNORE INTO boots SELECT DISTINCT c.vin, c.boot_id, v.rate_num, v.rate_den "
+    "FROM chunks AS c JOIN vins AS v ON v.vin = c.vin;",
+}
 # (vin, name, the declared coding...): a signal's id, and its coding when a batch declares another one.
 DECLARE_SIGNALS = (
     f"INSERT INTO signals (vin, name, {', '.join(_DECLARED)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -75,10 +88,15 @@ DECLARE_SIGNALS = (
 )
 SELECT_DECLARED = f"SELECT name, {', '.join(_DECLARED)} FROM signals WHERE vin = ? ORDER BY name"
 INSERT_COLUMNS = "INSERT INTO chunk_columns VALUES (?, ?, ?, ?, ?)"
-OVERLAPPING = (  # (vin, first - max_span, last, first, id): the other chunks of a vin that overlap [first, last]
-    "SELECT id, first_tick, last_tick, ticks FROM chunks WHERE vin = ? AND first_tick BETWEEN ? AND ? "
-    "AND last_tick >= ? AND sample_count > 0 AND id != ?"
+# (vin, first - max_span, last, first, id, rate_num, rate_den): the other chunks of a vin's segments of
+# that rate that overlap [first, last] (ticks of that rate)
+OVERLAPPING = (
+    "SELECT id, first_tick, last_tick, ticks FROM chunks WHERE vin = ?1 AND first_tick BETWEEN ?2 AND ?3 "
+    "AND last_tick >= ?4 AND sample_count > 0 AND id != ?5 AND boot_id IN "
+    "(SELECT boot_id FROM boots WHERE vin = ?1 AND rate_num = ?6 AND rate_den = ?7)"
 )
+BOOT_RATES = "SELECT boot_id, rate_num, rate_den FROM boots WHERE vin = ?"
+VIN_RATES = "SELECT DISTINCT rate_num, rate_den FROM boots WHERE vin = ?"
 
 STATS_TOTALS = (
     "SELECT vin, count(*), sum(sample_count), sum(values_stored), sum(overlaps) FROM chunks GROUP BY vin"
@@ -91,17 +109,24 @@ STATS_RUNS = (  # runs of consecutive stored seqs, per boot
 STATS_EVICTED = "SELECT vin, boot_id, first_seq, last_seq FROM gaps WHERE reason = 'evicted'"
 
 
-def range_query(signals: int) -> str:
-    """(vin, low, high, signal ids...): per chunk of the vin overlapping [low, high], by first tick then
-    storage order, its ticks joined with its stored columns of those signals (one row of ``None`` when
-    it has none). A chunk that starts before low - max_span ends before low: the index bounds the scan."""
-    wanted = ", ".join(f"?{4 + index}" for index in range(signals))
+def range_query(signals: int, by_rate: bool = False) -> str:
+    """(vin, low, high, [rate_num, rate_den if ``by_rate``], signal ids...): per chunk of the vin (of its
+    segments of that rate) overlapping [low, high], by first tick then storage order, its ticks joined
+    with its stored columns of those signals (one row of ``None`` when it has none). A chunk that starts
+    before low - max_span ends before low: the index bounds the scan."""
+    skip = 6 if by_rate else 4
+    wanted = ", ".join(f"?{skip + index}" for index in range(signals))
+    segment = (
+        "AND c.boot_id IN (SELECT boot_id FROM boots WHERE vin = ?1 AND rate_num = ?4 AND rate_den = ?5) "
+        if by_rate
+        else ""
+    )
     return (
         "SELECT c.id, c.first_tick, c.last_tick, c.ticks, k.signal_id, k.kind, k.present, k.data "
         "FROM chunks AS c LEFT JOIN chunk_columns AS k ON k.chunk_id = c.id AND k.signal_id IN "
         f"({wanted}) WHERE c.vin = ?1 AND c.sample_count > 0 AND c.last_tick >= ?2 "
         "AND c.first_tick BETWEEN ?2 - (SELECT max_span FROM vins WHERE vin = ?1) AND ?3 "
-        "ORDER BY c.first_tick, c.id"
+        f"{segment}ORDER BY c.first_tick, c.id"
     )
 
 

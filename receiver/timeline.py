@@ -77,6 +77,15 @@ def group_chunks(
         yield _clip(ticks, cells, low, high)
 
 
+def scaled(chunks: Iterable[Chunk], factor: int) -> Iterator[Chunk]:
+    """The chunks with their ticks (and start) multiplied by ``factor``: put on a finer grid."""
+    for start, ticks, cells in chunks:
+        if isinstance(ticks, range):
+            yield start * factor, range(ticks.start * factor, ticks.stop * factor, ticks.step * factor), cells
+        else:
+            yield start * factor, [tick * factor for tick in ticks], cells
+
+
 def merge_chunks(chunks: Iterable[Chunk]) -> Iterator[Row]:
     """The rows of chunks given in order of start: every tick once, ascending.
 

@@ -247,7 +247,7 @@ def test_a_failed_commit_keeps_its_chunks_and_commits_them_first_next_time(tmp_p
     buffer.close()
 
 
-def test_the_chunks_that_wait_are_bounded_the_oldest_dropped_and_counted(
+def test_the_chunks_that_wait_are_never_dropped_and_full_asks_for_back_pressure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(disk_module, "MAX_PENDING_CHUNKS", 4)
@@ -257,16 +257,13 @@ def test_the_chunks_that_wait_are_bounded_the_oldest_dropped_and_counted(
     sid = broken.schema_id(SCHEMA)
     broken.close()
     chunks = opaque(BOOT, 9)
-    with structlog.testing.capture_logs() as logs:
-        lost = [writer.commit(broken, sid, chunks[n : n + 3]).lost for n in (0, 3, 6)]
-    assert lost == [0, 2, 3] and writer.pending == chunks[5:]
-    dropped = [e for e in logs if e["event"] == "pending_chunks_dropped"]
-    assert [(e["log_level"], e["chunks"], e["samples"]) for e in dropped] == [
-        ("critical", 2, 20),
-        ("critical", 3, 30),
-    ]
+    full = []
+    for n in (0, 3, 6):
+        assert not writer.commit(broken, sid, chunks[n : n + 3]).ok
+        full.append(writer.full)
+    assert full == [False, True, True] and writer.pending == chunks  # all kept, the oldest first
     buffer = Buffer(path)
-    assert writer.commit(buffer, sid, []).committed == chunks[5:]
+    assert writer.commit(buffer, sid, []).committed == chunks and not writer.full
     buffer.close()
 
 

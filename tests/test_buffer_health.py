@@ -13,7 +13,9 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -421,3 +423,46 @@ def test_a_flipped_bit_in_the_schema_text_is_quarantined(damaged: Path) -> None:
             buffer.append(buffer.schema_id(SCHEMA), opaque(b"S" * 16, 1))
         finally:
             buffer.close()
+
+
+# --- files that are not the buffer's (issue 10) -------------------------------------------------------
+
+
+def test_a_foreign_sqlite_file_is_refused_untouched_and_not_quarantined(tmp_path: Path) -> None:
+    path = tmp_path / "notes.sqlite"
+    other = apsw.Connection(str(path))
+    other.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT); INSERT INTO notes VALUES (1, 'x')")
+    other.close()
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match=r"notes\.sqlite: not an edge-agent buffer .*tables notes"):
+        Buffer(path, check=True)
+    assert path.read_bytes() == before  # not altered: no table added, not even the WAL header
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.sqlite"]  # not quarantined, no side files
+
+
+@pytest.fixture
+def read_only_dir() -> Iterator[Path]:
+    """A read-only tmpfs (root ignores permissions, not a read-only mount), unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount_point = Path(tempfile.mkdtemp(prefix="buffer-ro-"))
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        mount_point.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        mount_point.rmdir()
+
+
+def test_a_read_only_location_says_so(read_only_dir: Path) -> None:
+    path = read_only_dir / "b.sqlite"
+    with pytest.raises(StorageError, match=f"cannot create {path}: read-only file system$"):
+        Buffer(path, check=True)

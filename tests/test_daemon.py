@@ -1,10 +1,14 @@
 """The daemon: live buses through the whole pipeline, a graceful stop on SIGTERM within 5 s, and a stage
-that fails for real stops the process with exit status 1 and its traceback in the log."""
+that fails for real stops the process with exit status 1 and its traceback in the log. A bus that
+cannot open is an error (tests/test_journal.py: PRIORITY 3 in a real journal); a missing interface is
+waited for, without READY but with the watchdog going."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -157,3 +161,53 @@ def test_a_stage_that_fails_is_logged_critical_with_its_traceback_and_the_agent_
     assert stopped["failed_stages"] == ["pipeline"]
     assert "signal_received" not in process.stderr  # it stopped itself
     assert not any(line.startswith("Traceback") for line in process.stderr.splitlines())  # only as JSON
+
+
+def live_config(tmp_path: Path, port: int, vin: str, channel: str) -> Path:
+    config = tmp_path / f"{vin}.yaml"
+    config.write_text(
+        f"vin: {vin}\nsource: {{kind: bus}}\n"
+        f"buses:\n  - {{interface: socketcan, channel: {channel}, dbc: [{DBC}]}}\n"
+        f"sampling: {{signals: [{', '.join(SIGNALS)}]}}\n"
+        f"buffer: {{path: {tmp_path / vin}.sqlite}}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {port}}}\nlogging: {{format: auto}}\n"
+    )
+    return config
+
+
+def test_a_missing_interface_is_waited_for_with_the_watchdog_going_and_no_ready(
+    broker: Broker, tmp_path: Path
+) -> None:
+    config = live_config(tmp_path, broker.port, "WAIT000000000001", "can9")
+    config.write_text(config.read_text().replace("format: auto", "format: json"))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"}
+    env.pop("WATCHDOG_PID", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        seen: list[str] = []
+        while sum("WATCHDOG=1" in m for m in seen) < 3:  # the watchdog goes on while it waits
+            seen.append(notify.recv(4096).decode())
+        assert not any("READY=1" in m for m in seen)  # not bound: not ready
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        notify.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stderr is not None
+    events = [json.loads(line) for line in process.stderr.read().splitlines() if line.startswith("{")]
+    waiting = [e for e in events if e["event"] == "bus_waiting"]
+    assert len(waiting) == 1  # logged once, however many retries
+    assert (
+        waiting[0]["level"] == "warning" and waiting[0]["reason"] == "network interface can9 does not exist"
+    )

@@ -339,3 +339,38 @@ def test_agent_under_journald_logs_structured_fields(
     # Nothing came as text through stderr (the stream): the structured path carried every event.
     text = journald.entries(f"_PID={process.pid}", until=None)
     assert not [e for e in text if e.get("_TRANSPORT") == "stdout"], [e.get("MESSAGE") for e in text]
+
+
+@pytest.mark.slow
+def test_a_bus_that_cannot_open_is_an_error_in_the_journal(
+    journald: Journald,
+    broker: Broker,
+    tmp_path: Path,
+) -> None:
+    # "lo" exists and is up, but is no CAN interface (or the kernel has no CAN at all): fatal.
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "vin: JFAIL00000000001\nsource: {kind: bus}\n"
+        f"buses:\n  - {{interface: socketcan, channel: lo, dbc: [{DBC}]}}\n"
+        "sampling: {signals: [DriveSpeed.VehicleSpeed]}\n"
+        f"buffer: {{path: {tmp_path / 'buffer.sqlite'}}}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {broker.port}}}\nlogging: {{format: auto}}\n"
+    )
+    stream = journald.stream("edge-agent")
+    st = os.fstat(stream.fileno())
+    env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(name, None)
+    done = subprocess.run(
+        journald.inside(sys.executable, "-m", "agent.cli", "run", "--config", str(config)),
+        stdout=subprocess.DEVNULL,
+        stderr=stream.fileno(),
+        env=env,
+        timeout=60,
+    )
+    stream.close()
+    assert done.returncode == 2
+    entries = journald.entries("EVENT=agent_failed", until=lambda found: bool(found))
+    [failed] = [e for e in entries if str(config) == e.get("CONFIG")]
+    assert failed["PRIORITY"] == "3" and failed["ERROR"] == "SourceError"
+    assert failed["REASON"].startswith("cannot open CAN bus socketcan:lo: ")

@@ -157,7 +157,9 @@ def test_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert out.splitlines()[0] == f"{root}: CA, CRL, broker (broker.example, 127.0.0.1), receiver"
     assert f"{root}/ca.key" in out.splitlines()
     assert main(["pki", "issue", "--dir", str(root), "VIN-A"]) == 0
-    assert capsys.readouterr().out == f"{root}/vehicles/VIN-A.crt\n{root}/vehicles/VIN-A.key\n"
+    assert capsys.readouterr().out == (
+        f"{root}/vehicles/VIN-A.crt\n{root}/vehicles/VIN-A.key\n{root}/vehicles/VIN-A.auth-key\n"
+    )
     assert main(["pki", "issue", "--dir", str(root), "--receiver", "receiver-2"]) == 0
     capsys.readouterr()
     assert main(["pki", "revoke", "--dir", str(root), "VIN-A"]) == 0

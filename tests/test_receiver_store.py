@@ -103,12 +103,45 @@ def test_nan_and_huge_integers_round_trip(store: Store) -> None:
     assert (big, small) == (2**64, -12)
 
 
-def test_rate_change_is_refused_whole(store: Store) -> None:
+def test_a_boot_keeps_its_rate_and_a_new_boot_may_change_it(store: Store) -> None:
     store.store_batch(batch([C0]))
     faster = Schema(Fraction(100), SCHEMA.signals)
     with pytest.raises(RateConflictError, match=r"100 Hz.*50 Hz"):
-        store.store_batch(batch([C1], schema=faster))
+        store.store_batch(batch([C1], schema=faster))  # the same boot at another rate: garbage
     assert store.stats()[0].chunks == 1  # nothing of the refused batch was stored
+    later = chunk(0, [1000, 1001], [1, 2], [None, None], [None, None], boot=OTHER_BOOT)
+    assert store.store_batch(batch([later], schema=faster)).new == 1  # a new boot: uploads on
+    assert store.rate(VIN) == Fraction(100)  # the grid both rates divide
+    rows = list(store.rows(VIN, ["Engine.Rpm"]))
+    assert rows == [(0, [-20]), (2, [-18]), (4, [None]), (6, [-14]), (1000, [-38]), (1001, [-36])]
+
+
+def test_a_slower_boot_overlapping_in_time_keeps_the_first_written_values(store: Store) -> None:
+    slow = Schema(Fraction(25), SCHEMA.signals)  # tick n at 25 Hz is tick 2n at 50 Hz
+    store.store_batch(batch([C0]))  # 50 Hz, ticks 0..6
+    late = chunk(0, [0, 1, 2, 3], [9] * 4, [9] * 4, [9.0] * 4, boot=OTHER_BOOT)
+    result = store.store_batch(batch([late], schema=slow))
+    assert store.rate(VIN) == Fraction(50)
+    assert (result.samples, result.overlaps) == (9, 3)  # its values at 0 s and 0.04 s were held (Rpm, Temp)
+    rows = list(store.rows(VIN, ["Engine.Rpm"]))  # 25 Hz tick n is at 50 Hz tick 2n: in time order
+    assert rows == [(0, [-20]), (1, [-18]), (2, [-22]), (3, [-14]), (4, [-22]), (6, [-22])]
+
+
+def test_a_store_of_version_3_is_upgraded_with_one_rate_per_boot(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite"
+    with Store(path) as store:
+        store.store_batch(batch([C0]))
+    connection = apsw.Connection(str(path))  # what version 3 was: no boots table
+    connection.execute("DROP TABLE boots; PRAGMA user_version=3")
+    connection.close()
+    with Store(path, readonly=True) as reader:
+        assert reader.rate(VIN) == Fraction(50) and len(list(reader.rows(VIN, ["Engine.Rpm"]))) == 4
+    with Store(path) as writer:
+        faster = Schema(Fraction(100), SCHEMA.signals)
+        with pytest.raises(RateConflictError):  # the upgrade gave the stored boot its vin's rate
+            writer.store_batch(batch([C1], schema=faster))
+        writer.store_batch(batch([C1]))
+        assert writer.stats()[0].chunks == 2
 
 
 def test_stats_show_evicted_and_missing_sequences(store: Store) -> None:
@@ -234,7 +267,7 @@ def test_a_store_of_the_per_value_layout_is_refused(tmp_path: Path) -> None:
     connection = apsw.Connection(str(path))
     connection.execute("CREATE TABLE samples (signal_id, tick, value); PRAGMA user_version=1")
     connection.close()
-    with pytest.raises(StorageError, match=r"not a receiver store of version 3 \(version 1 stored a row"):
+    with pytest.raises(StorageError, match=r"not a receiver store of version 4 \(version 1 stored a row"):
         Store(path)
 
 

@@ -45,7 +45,8 @@ def test_a_declared_coding_round_trips_through_its_row(spec: SignalSpec) -> None
 def test_upgrades_from_each_version() -> None:
     assert table.upgrades("s", 0, readonly=False) == []  # a new file: the DDL makes it current
     assert table.upgrades("s", table.SCHEMA_VERSION, readonly=True) == []
-    assert table.upgrades("s", 2, readonly=False) == [table.UPGRADES[2]]
+    assert table.upgrades("s", 2, readonly=False) == [table.UPGRADES[2], table.UPGRADES[3]]
+    assert table.upgrades("s", 3, readonly=True) == [table.UPGRADES[3]]
     for version, readonly in ((1, False), (99, False), (0, True)):
         with pytest.raises(
             StorageError, match=f"^s is not a receiver store of version {table.SCHEMA_VERSION}"

@@ -20,13 +20,11 @@ from structlog.testing import capture_logs
 from agent import wire
 from agent.buffer import Buffer
 from agent.chunk import Chunker, SealedChunk
-from agent.config import MqttConfig, UploadConfig
 from agent.upload import State, Uploader
 from agent.wire.values import ChunkId
 from tests.harness.broker import Broker
 from tests.harness.buffers import SCHEMA, sealed
-
-VIN = "TESTVIN0001"
+from tests.harness.uploaders import VIN, backlog, start_uploader, wait_for
 
 
 class FakeReceiver:
@@ -57,26 +55,9 @@ class FakeReceiver:
         self.client.loop_stop()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def buffer_path(tmp_path: Path) -> Path:
     return tmp_path / "buffer.sqlite"
-
-
-def start_uploader(broker: Broker, path: Path, **kwargs: float) -> tuple[Uploader, threading.Event]:
-    """A started uploader for ``VIN``, configured as the config file would (``kwargs``: UploadConfig's)."""
-    wake = threading.Event()
-    mqtt = MqttConfig(host="127.0.0.1", port=broker.port, client_id=f"agent-{time.monotonic_ns()}")
-    uploader = Uploader(VIN, UploadConfig(**kwargs), mqtt, path, wake)  # type: ignore[arg-type]
-    uploader.start()
-    return uploader, wake
 
 
 def wait_turns(uploader: Uploader, turns: int = 2) -> None:
@@ -93,14 +74,6 @@ def filled(buffer_path: Path) -> Iterator[Path]:
     buffer.append(buffer.schema_id(SCHEMA), sealed(b"B" * 16, 30))
     buffer.close()
     yield buffer_path
-
-
-def backlog(path: Path) -> int:
-    buffer = Buffer(path)
-    try:
-        return buffer.stats().chunks
-    finally:
-        buffer.close()
 
 
 def test_drains_oldest_first_and_deletes_only_acked(broker: Broker, filled: Path) -> None:

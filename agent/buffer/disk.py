@@ -13,9 +13,10 @@ Contract
   retried; if it still fails, old chunks go and it is retried once more. The reserve is taken back only
   when the disk has room to spare.
 - A commit that fails (disk full beyond that, I/O error) is logged; its chunks wait in memory and go
-  first at the next commit, so nothing is dropped silently. At most :data:`MAX_PENDING_CHUNKS` wait:
-  past that (the buffer has failed for an hour), the oldest are dropped from memory with a critical
-  event, and counted in :attr:`Commit.lost`.
+  first at the next commit. None is ever dropped from memory: once :data:`MAX_PENDING_CHUNKS` wait
+  (:attr:`BufferWriter.full`), the pipeline stops taking frames until a commit succeeds (back-pressure
+  onto the reader: a replay waits, a live bus backs up into the kernel's socket buffer, which counts
+  its own drops).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from agent.errors import StorageError, StorageFullError
 from agent.service.logs import get_logger
 
 HEADROOM_BYTES = 16 << 20  # free space kept on the buffer's file system (less on a tiny one)
-MAX_PENDING_CHUNKS = 3600  # an hour at one chunk a second, kept in memory while the buffer fails
+MAX_PENDING_CHUNKS = 3600  # an hour at one chunk a second: past it, the pipeline takes no more frames
 
 
 class DiskReserve:
@@ -88,7 +89,6 @@ class Commit:
     ok: bool  # False: the buffer failed; the chunks wait for the next commit
     committed: list[SealedChunk] = field(default_factory=list)  # durable now
     refused: list[SealedChunk] = field(default_factory=list)  # refuse_new turned them away (noted)
-    lost: int = 0  # chunks dropped from memory (the buffer had failed for too long)
 
 
 class BufferWriter:
@@ -102,12 +102,16 @@ class BufferWriter:
         self.log = log if log is not None else get_logger("agent.buffer")
         self.pending: list[SealedChunk] = []  # handed in, not committed yet (a commit failed)
 
+    @property
+    def full(self) -> bool:
+        """As many chunks wait as memory may hold: take no more frames until a commit succeeds."""
+        return len(self.pending) >= MAX_PENDING_CHUNKS
+
     def commit(self, buffer: Buffer, schema_id: int, chunks: Sequence[SealedChunk]) -> Commit:
         """Commit what waits and ``chunks`` through ``buffer`` (this thread's connection), in order."""
         self.pending.extend(chunks)
         if not self.pending:
             return Commit(True)
-        lost = self._bound_pending()
         try:
             self._keep_headroom(buffer)
             try:
@@ -116,7 +120,7 @@ class BufferWriter:
                 refused = self._commit_on_full_disk(buffer, schema_id, error)
         except StorageError as error:
             self.log.error("commit_failed", reason=str(error), pending_chunks=len(self.pending))
-            return Commit(False, lost=lost)
+            return Commit(False)
         if refused:
             self.log.warning(
                 "buffer_full_refused", chunks=len(refused), samples=sum(c.sample_count for c in refused)
@@ -124,17 +128,7 @@ class BufferWriter:
         refused_ids = {c.id for c in refused}
         committed = [c for c in self.pending if c.id not in refused_ids]
         self.pending = []
-        return Commit(True, committed, refused, lost)
-
-    def _bound_pending(self) -> int:
-        if len(self.pending) <= MAX_PENDING_CHUNKS:
-            return 0
-        lost = self.pending[: len(self.pending) - MAX_PENDING_CHUNKS]
-        self.pending = self.pending[len(lost) :]
-        self.log.critical(
-            "pending_chunks_dropped", chunks=len(lost), samples=sum(c.sample_count for c in lost)
-        )
-        return len(lost)
+        return Commit(True, committed, refused)
 
     def _keep_headroom(self, buffer: Buffer) -> None:
         """Evict before the disk is full, not after: SQLite needs free space even to delete rows.

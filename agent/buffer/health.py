@@ -17,10 +17,17 @@ Contract
   status``, possibly run as root before the service's first start). When the database exists, SQLite
   may create its ``-wal``/``-shm`` beside it, owned like the database file even when run as root.
 - Every foreign error leaves as a :class:`~agent.errors.StorageError` naming the file (:func:`wrap`).
+- The buffer never writes to a file that is not its own: before anything is written, :func:`connect`
+  refuses a SQLite file holding tables that are not the buffer's (:func:`foreign_tables`) with a
+  :class:`~agent.errors.StorageError` naming the file and its tables (the file untouched, not
+  quarantined), and a location it cannot write says so (``cannot create PATH: read-only file system``,
+  ``... permission denied``) instead of SQLite's "unable to open database file".
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 import zlib
 from pathlib import Path
@@ -60,6 +67,7 @@ HEAL_TOTALS = (
     "INSERT OR REPLACE INTO counters SELECT 'backlog_samples', coalesce(sum(sample_count), 0) FROM chunks"
 )
 SIDE_FILES = ("", "-wal", "-shm")
+OWN_TABLES = frozenset({"schemas", "chunks", "counters", "evictions", "sqlite_sequence"})
 
 
 def crc(payload: bytes) -> int:
@@ -95,11 +103,41 @@ def wrap(path: Path, action: str, error: Exception) -> StorageError:
     return StorageError(f"{path}: {action}: {error}")
 
 
+def writable(path: Path) -> None:
+    """Raise a StorageError saying why ``path`` cannot be created or written (read-only, permission)."""
+    exists = path.exists()
+    try:
+        os.close(os.open(path, os.O_RDWR | (0 if exists else os.O_CREAT), 0o644))
+    except OSError as error:
+        what = "open for writing" if exists else "create"
+        reason = os.strerror(error.errno).lower() if error.errno else str(error)
+        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise StorageError(f"cannot {what} {path}: {reason}") from error
+        raise StorageError(f"cannot {what} {path}: {error}") from error
+
+
+def foreign_tables(db: apsw.Connection) -> list[str]:
+    """The tables of the file that are not the buffer's (reads only); empty for a buffer or a new file."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
+    return sorted(tables - OWN_TABLES)
+
+
 def connect(path: Path, check: bool) -> apsw.Connection:
-    """Open (creating it if needed) and bring the tables up to date; ``check`` proves the file healthy."""
+    """Open (creating it if needed) and bring the tables up to date; ``check`` proves the file healthy.
+
+    A file that is not the buffer's, or a location that cannot be written, is refused before anything
+    is written (see the module's contract)."""
+    writable(path)
     try:
         db = apsw.Connection(str(path))
         db.setbusytimeout(5000)
+        foreign = foreign_tables(db)
+        if foreign:
+            db.close()
+            raise StorageError(
+                f"{path}: not an edge-agent buffer (it holds the tables {', '.join(foreign)}); "
+                "refusing to touch it: set buffer.path to a file of its own"
+            )
         # Small pages: a commit of one ~200-byte chunk rewrites a few 1 KiB pages, not 4 KiB ones
         # (2.5x fewer bytes written per commit, measured). Only takes effect on a new file.
         db.execute("PRAGMA page_size=1024")

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import ConfigError
+from agent.service.logs import get_logger
 from agent.service.schema import Boolean, Check, FilePath, Integer, Nullable, SectionView, String, Value
 
 TOPIC_WORD = r"[^+#/\s\x00]+"  # one MQTT topic level without wildcards
@@ -45,10 +46,26 @@ class MqttSettings(Protocol):
     def password(self) -> str | None: ...
 
 
+class Client(paho.Client):
+    """paho's client, remembering why the last attempt to connect failed (paho's ``on_connect_fail``
+    is told nothing): ``last_connect_error`` is set on paho's network thread before that callback runs."""
+
+    last_connect_error: OSError | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            result = super().reconnect()
+        except OSError as error:  # name resolution, refused, timed out, TLS: paho retries after it
+            self.last_connect_error = error
+            raise
+        self.last_connect_error = None
+        return result
+
+
 def make_client(
     settings: MqttSettings, client_id: str, persistent: bool, reconnect: tuple[int, int] = (1, 30)
-) -> paho.Client:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+) -> Client:
+    client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     client.reconnect_delay_set(min_delay=reconnect[0], max_delay=reconnect[1])
     if settings.username:
         client.username_pw_set(settings.username, settings.password())
@@ -68,7 +85,16 @@ def make_client(
 
 
 def connect(client: paho.Client, settings: MqttSettings, persistent: bool) -> None:
-    """Start connecting in the background; paho keeps reconnecting after any failure."""
+    """Start connecting in the background; paho keeps reconnecting after any failure.
+
+    Warns once in the log when the connection is neither TLS nor authenticated (no username, no client
+    certificate): anyone on the broker may then read, forge or delete this client's messages."""
+    if not settings.tls and not settings.username:
+        get_logger("agent.service.mqtt").warning(
+            "mqtt_insecure",
+            broker=f"{settings.host}:{settings.port}",
+            reason="neither TLS nor authenticated (set mqtt.tls with a client certificate, or a username)",
+        )
     properties: Any = None
     if persistent:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -79,12 +105,15 @@ def connect(client: paho.Client, settings: MqttSettings, persistent: bool) -> No
     client.loop_start()
 
 
-def offline_status(vin: str) -> bytes:
-    """The retained status the broker publishes for us when we vanish (our last will)."""
+def offline_status(vin: str, auth_key: bytes | None = None) -> bytes:
+    """The retained status the broker publishes for us when we vanish (our last will), signed with
+    ``auth_key`` when there is one (:mod:`agent.wire.auth`)."""
     from agent import wire
+    from agent.wire import auth
     from agent.wire import telemetry_pb2 as pb
 
-    return wire.encode_status(pb.Status(vin=vin, state="OFFLINE"))
+    payload = wire.encode_status(pb.Status(vin=vin, state="OFFLINE"))
+    return payload if auth_key is None else auth.sign(payload, auth_key, vin)
 
 
 @dataclass(frozen=True)
@@ -102,6 +131,7 @@ class MqttConfig:
     ca_file: Path | None = None
     cert_file: Path | None = None  # a client certificate (PEM) and its key: the broker's proof of identity
     key_file: Path | None = None
+    auth_key_file: Path | None = None  # the vehicle's MAC key (agent/wire/auth.py); agent only
 
     def password(self) -> str | None:
         """The password read from ``password_file`` (trailing newline stripped), or ``None``."""
@@ -111,6 +141,25 @@ class MqttConfig:
             return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"mqtt.password_file: cannot read {self.password_file}: {error}") from error
+
+    def auth_key(self) -> bytes | None:
+        """The vehicle's MAC key read from ``auth_key_file`` (exactly 32 bytes), or ``None``."""
+        if self.auth_key_file is None:
+            return None
+        return read_key_file(self.auth_key_file, "mqtt.auth_key_file")
+
+
+def read_key_file(path: Path, key: str) -> bytes:
+    """The 32 raw bytes of a key file (``pki init``'s fleet.key, ``pki issue``'s VIN.auth-key)."""
+    from agent.wire.auth import KEY_BYTES
+
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{key}: cannot read {path}: {error.strerror}") from error
+    if len(data) != KEY_BYTES:
+        raise ConfigError(f"{key}: {path} holds {len(data)} bytes, not a {KEY_BYTES}-byte key")
+    return data
 
 
 def check_mqtt(mqtt: MqttConfig, view: SectionView) -> None:
@@ -139,5 +188,6 @@ MQTT_FIELDS: dict[str, Value[Any]] = {
     "ca_file": Nullable(FilePath(must_exist=True)),
     "cert_file": Nullable(FilePath(must_exist=True)),
     "key_file": Nullable(FilePath(must_exist=True)),
+    "auth_key_file": Nullable(FilePath(must_exist=True)),
 }
 MQTT_CHECKS: tuple[Check[MqttConfig], ...] = (check_mqtt,)

@@ -16,13 +16,15 @@ Contract
   not increase, columns of the wrong length, a value that is not a raw CAN value).
 - :func:`decode_chunk`, :class:`Parts` and :func:`schema_from_message` raise
   :class:`~agent.errors.WireError` on inconsistent messages, before allocating for them; a chunk claiming
-  more than :data:`MAX_CHUNK_SAMPLES` samples is refused.
+  more than :data:`MAX_CHUNK_SAMPLES` samples is refused, and so is a batch past its :class:`Limits`
+  (samples in all, samples x signals), checked on the declared counts before any value is decoded.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from itertools import accumulate, chain, pairwise, repeat
 
@@ -35,6 +37,37 @@ from agent.wire.values import ChunkData, Schema, SignalSpec
 
 MAX_CHUNK_SAMPLES = 1_000_000  # a chunk claiming more is refused before anything is allocated
 _SIGNED_END = 1 << 63
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one batch may declare, checked before its values are allocated (the receiver configures it).
+
+    The defaults hold any batch an agent with default settings sends, with headroom: a drain batch is at
+    most ``upload.max_batch_bytes`` (256 KiB) of stored chunks and 10,000 chunks, a chunk 50 samples at
+    50 Hz with 1-s commits; so at most 500,000 samples, and, since a chunk whose every signal is constant
+    still costs about 25 bytes plus one per signal, at most 50 x 262,144 = 13.1 M values.
+    """
+
+    max_samples: int = 1_000_000  # samples (ticks) in all the batch's chunks
+    max_values: int = 16_000_000  # samples x signals
+
+    def check(self, counts: Iterable[int], signals: int, what: str) -> None:
+        """Refuse (``WireError``) chunks of ``counts`` samples of ``signals`` signals past the limits."""
+        samples = biggest = 0
+        for count in counts:
+            samples, biggest = samples + count, max(biggest, count)
+        if biggest > MAX_CHUNK_SAMPLES:
+            raise WireError(f"{what}: a chunk of {biggest} samples is more than {MAX_CHUNK_SAMPLES}")
+        if samples > self.max_samples:
+            raise WireError(f"{what}: {samples} samples is more than the limit of {self.max_samples}")
+        if samples * signals > self.max_values:
+            raise WireError(
+                f"{what}: {samples} samples x {signals} signals is more than the limit of {self.max_values}"
+            )
+
+
+DEFAULT_LIMITS = Limits()
 
 
 # --- ticks and columns ---------------------------------------------------------------------------------
@@ -173,6 +206,8 @@ class Parts:
         self.offsets = list(accumulate(message.residual_counts, initial=0))
         if self.offsets[-1] != len(self.residuals):
             raise WireError(f"chunk {message.seq}: residual counts do not add up")
+        if signals and max(message.residual_counts) > count:
+            raise WireError(f"chunk {message.seq}: more residuals in a column than its {count} samples")
         self.extras = {extra.signal: extra for extra in message.extras}
         if len(self.extras) != len(message.extras) or any(index >= signals for index in self.extras):
             raise WireError(f"chunk {message.seq}: extras of unknown or repeated signals")

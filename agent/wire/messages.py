@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from agent.errors import WireError
 from agent.wire import telemetry_pb2 as pb
-from agent.wire.chunks import decode_chunk, schema_from_message, schema_message
+from agent.wire.chunks import DEFAULT_LIMITS, Limits, decode_chunk, schema_from_message, schema_message
 from agent.wire.packed import pack, unpack
 from agent.wire.values import ChunkData, ChunkId, Schema
 
@@ -176,7 +176,8 @@ def encode_batch(
     return envelope(pb.BODY_KIND_BATCH, b"".join(parts), compress)
 
 
-def decode_batch(payload: bytes) -> DecodedBatch:
+def decode_batch(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedBatch:
+    """The batch in ``payload``; ``WireError`` on garbage or when it declares more than ``limits``."""
     body = _open_envelope(payload, pb.BODY_KIND_BATCH)
     message = _parse(pb.Batch, body, "batch")
     assert isinstance(message, pb.Batch)
@@ -186,8 +187,9 @@ def decode_batch(payload: bytes) -> DecodedBatch:
     if message.HasField("packed") and message.chunks:
         raise WireError("batch has both packed and unpacked chunks")
     if message.HasField("packed"):
-        decoded = unpack(schema, message.packed)
+        decoded = unpack(schema, message.packed, limits)
     else:
+        limits.check((chunk.sample_count for chunk in message.chunks), len(schema.signals), "batch")
         decoded = [decode_chunk(schema, chunk) for chunk in message.chunks]
     evicted = [(bytes(r.boot_id), r.first_seq, r.last_seq) for r in message.evicted]
     return DecodedBatch(message.vin, schema, decoded, evicted, message.sent_at)

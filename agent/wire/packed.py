@@ -22,8 +22,9 @@ Contract: pure functions; the caller owns the blobs and messages (read, never ke
 thread. :func:`pack` returns ``None`` for chunks that do not parse, do not fit the schema, or whose
 stream would not fit 64 bits (the caller sends them as they are, for the receiver to refuse or decode
 one by one); :func:`unpack` raises :class:`~agent.errors.WireError` on inconsistent input, before
-allocating for it: at most :data:`MAX_BATCH_SAMPLES` samples in all and
-:data:`~agent.wire.chunks.MAX_CHUNK_SAMPLES` in a chunk.
+allocating for it: at most :data:`MAX_BATCH_SAMPLES` samples in all,
+:data:`~agent.wire.chunks.MAX_CHUNK_SAMPLES` in a chunk, and within the :class:`~agent.wire.chunks.Limits`
+it is given (samples, samples x signals).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from google.protobuf.message import DecodeError
 
 from agent.errors import WireError
 from agent.wire import telemetry_pb2 as pb
-from agent.wire.chunks import MAX_CHUNK_SAMPLES, Parts, ticks_from
+from agent.wire.chunks import DEFAULT_LIMITS, MAX_CHUNK_SAMPLES, Limits, Parts, ticks_from
 from agent.wire.packed_columns import Unfit, pack_column, refreshes, slices, unpack_column
 from agent.wire.values import ChunkData, RawValue, Schema
 
@@ -70,7 +71,7 @@ def pack(schema: Schema, blobs: Sequence[bytes]) -> pb.Packed | None:
     return packed
 
 
-def unpack(schema: Schema, packed: pb.Packed) -> list[ChunkData]:
+def unpack(schema: Schema, packed: pb.Packed, limits: Limits = DEFAULT_LIMITS) -> list[ChunkData]:
     """The chunks of a packed batch, exactly as :func:`~agent.wire.chunks.decode_chunk` gives each one."""
     counts = list(packed.sample_count)
     heads = (packed.boot_id, packed.seq, packed.first_tick, packed.tick_dod_count)
@@ -82,6 +83,7 @@ def unpack(schema: Schema, packed: pb.Packed) -> list[ChunkData]:
         raise WireError(f"packed batch: more than {MAX_CHUNK_SAMPLES} samples in a chunk or too many in all")
     if len(packed.columns) != len(schema.signals):
         raise WireError(f"packed batch: {len(packed.columns)} columns, schema has {len(schema.signals)}")
+    limits.check(counts, len(schema.signals), "packed batch")
     boots, boot = [], b""
     for given in packed.boot_id:
         boot = given or boot

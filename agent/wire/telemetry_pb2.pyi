@@ -49,21 +49,24 @@ PREDICTOR_SMOOTHING: Predictor
 PREDICTOR_SWING: Predictor
 
 class Envelope(_message.Message):
-    __slots__ = ("body", "compression", "kind", "version")
+    __slots__ = ("body", "compression", "kind", "mac", "version")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
     version: int
     kind: BodyKind
     compression: Compression
     body: bytes
+    mac: bytes
     def __init__(
         self,
         version: int | None = ...,
         kind: BodyKind | str | None = ...,
         compression: Compression | str | None = ...,
         body: bytes | None = ...,
+        mac: bytes | None = ...,
     ) -> None: ...
 
 class SignalDef(_message.Message):

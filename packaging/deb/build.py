@@ -513,6 +513,8 @@ def main() -> None:
     if (ROOT / "README.md").exists():  # the unit's Documentation= points at it
         write(doc / "README.md", (ROOT / "README.md").read_bytes())
     write(doc / "README.Debian", (HERE / "README.md").read_bytes())
+    for example in sorted((HERE.parent / "examples").glob("*")):  # systemd-networkd: can0, vcan0
+        write(doc / "examples" / example.name, example.read_bytes())
     write(stage / "usr/share/lintian/overrides" / PACKAGE, (DEBIAN / "lintian-overrides").read_bytes())
 
     conffiles = sorted("/" + str(p.relative_to(stage)) for p in (stage / "etc").rglob("*") if p.is_file())

@@ -55,12 +55,21 @@ def run(args: argparse.Namespace) -> int:
         addresses = args.address or ([] if args.name else ["127.0.0.1", "::1"])
         store = pki.init(args.dir, names, addresses, args.days)
         print(f"{store.root}: CA, CRL, broker ({', '.join(names + addresses)}), receiver")
-        for path in (store.ca_cert, store.ca_key, store.crl, store.broker_cert, store.broker_key):
+        for path in (
+            store.ca_cert,
+            store.ca_key,
+            store.crl,
+            store.fleet_key,
+            store.broker_cert,
+            store.broker_key,
+        ):
             print(path)
         print("\n".join(str(path) for path in store.client("receiver", receiver=True)))
     elif args.pki_command == "issue":
         store = pki.issue(args.dir, args.name, args.receiver, args.days, args.replace)
         print("\n".join(str(path) for path in store.client(args.name, args.receiver)))
+        if not args.receiver:
+            print(store.auth_key(args.name))
     elif args.pki_command == "revoke":
         serial = pki.revoke(args.dir, args.name, args.receiver)
         print(

@@ -1,7 +1,10 @@
 """`make demo`: a broker, the receiver and five vehicles on this machine, with a broker outage mid-drive.
 
-Every part is the real thing: Mosquitto on a free port, `edge-receiver run` and five `edge-agent replay`
-processes, each with its own buffer. The broker is stopped for a while in the middle of the drives and
+Every part is the real thing, in the secure setup an operator runs: the fleet's own PKI in the work folder
+(`edge-receiver pki init`, `pki issue VIN` per vehicle: certificates and message authentication keys),
+Mosquitto on a free port with the configuration `edge-receiver broker-config` generates (TLS only, client
+certificates, the fleet's ACL), `edge-receiver run` and five `edge-agent replay` processes, each with its
+own certificate and buffer. The broker is stopped for a while in the middle of the drives and
 started again. At the end each vehicle's stored data is exported from the receiver and compared with
 `edge-agent sample` of the same log (what the agent should have sent): the table shows samples produced,
 stored, missing, duplicated and bytes on the wire. Exit status 1 if anything is missing or duplicated.
@@ -23,8 +26,9 @@ from pathlib import Path
 from agent.commands import sample
 from agent.decode import build_decoder
 from receiver import accuracy
+from receiver.pki import Pki
 from receiver.store import Store
-from tests.harness.broker import Broker
+from tests.harness.broker import SecureBroker
 
 ROOT = Path(__file__).resolve().parents[2]
 DBC = ROOT / "dbc" / "reference_ev.dbc"
@@ -70,14 +74,37 @@ def drive_log(out: Path, personality: str, seed: int) -> Path:
     return path
 
 
-def write_configs(out: Path, port: int, vin: str, log: Path) -> Path:
+def receiver_cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "receiver.cli", *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def make_pki(out: Path) -> Pki:
+    """The fleet's CA, the broker's certificate for 127.0.0.1, the receiver's, and one per vehicle."""
+    root = out / "pki"
+    receiver_cli("pki", "init", "--dir", str(root), "--address", "127.0.0.1", "--name", "localhost")
+    for vin, _, _ in FLEET:
+        receiver_cli("pki", "issue", "--dir", str(root), vin)
+    say(f"PKI in {root}: a CA, the broker's and the receiver's certificates, {len(FLEET)} vehicles'")
+    return Pki(root)
+
+
+def tls_config(pki: Pki, port: int, name: str, receiver: bool = False) -> str:
+    """The ``mqtt:`` section of a client holding certificate ``name``."""
+    cert, key = pki.client(name, receiver)
+    return (
+        f"mqtt:\n  host: 127.0.0.1\n  port: {port}\n  tls: true\n  ca_file: {pki.ca_cert}\n"
+        f"  cert_file: {cert}\n  key_file: {key}\n"
+    )
+
+
+def write_configs(out: Path, pki: Pki, port: int, vin: str, log: Path) -> Path:
     config = out / f"{vin}.yaml"
     lossy = "sampling: {bounds_preset: seeds}\n" if vin == LOSSY else ""
     config.write_text(
         f"vin: {vin}\nsource: {{kind: replay, log: {log}, speed: max}}\n"
         f"buses:\n  - {{channel: can0, dbc: [{DBC}]}}\n"
         f"buffer: {{path: {out / vin}-buffer.sqlite}}\n{lossy}"
-        f"mqtt: {{host: 127.0.0.1, port: {port}}}\nlogging: {{format: json}}\n"
+        f"{tls_config(pki, port, vin)}  auth_key_file: {pki.auth_key(vin)}\nlogging: {{format: json}}\n"
     )
     return config
 
@@ -101,12 +128,14 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     logs = {vin: drive_log(out, personality, seed) for vin, personality, seed in FLEET}
-    broker = Broker()
+    pki = make_pki(out)
+    broker = SecureBroker(pki.root)
     broker.start()
-    say(f"mosquitto listening on 127.0.0.1:{broker.port}")
+    say(f"mosquitto listening on 127.0.0.1:{broker.port}: TLS, client certificates, the generated ACL")
     store = out / "receiver.sqlite"
     (out / "receiver.yaml").write_text(
-        f"mqtt: {{host: 127.0.0.1, port: {broker.port}}}\nstore: {{path: {store}}}\nlogging: {{format: json}}\n"
+        f"{tls_config(pki, broker.port, 'receiver', receiver=True)}store: {{path: {store}}}\n"
+        f"security: {{fleet_key_file: {pki.fleet_key}}}\nlogging: {{format: json}}\n"
     )
     receiver = subprocess.Popen(
         [sys.executable, "-m", "receiver.cli", "run", "--config", str(out / "receiver.yaml")],
@@ -116,7 +145,7 @@ def main() -> int:
     try:
         time.sleep(1.0)
         for vin, personality, _ in FLEET:
-            config = write_configs(out, broker.port, vin, logs[vin])
+            config = write_configs(out, pki, broker.port, vin, logs[vin])
             agents[vin] = subprocess.Popen(
                 [
                     sys.executable,
