@@ -25,12 +25,15 @@ setup: debs $(STAMP)
 demo: setup
 	$(PY) -m tests.harness.demo
 
+# Two workers (one per core of the smallest CI machine); a test module stays on one worker.
+TEST_WORKERS ?= 2
+
 # The package's install test needs these on top (a clean Debian root, lintian, man pages).
 TEST_DEBS := debootstrap lintian help2man binutils
 
 test: setup
 	@sh packaging/bootstrap.sh $(TEST_DEBS)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 soak: setup
 	EDGE_SOAK=1 $(PY) -m pytest -q -m slow

@@ -52,9 +52,10 @@ from agent.config import BufferConfig, MqttConfig, UploadConfig
 from agent.sim import simulate, write_log
 from agent.upload import State, Uploader
 from agent.wire.values import ChunkData, Schema, SignalSpec
+from receiver import pki
 from receiver.store import Store
 from receiver.timeline import write_csv
-from tests.harness.broker import Broker
+from tests.harness.broker import Broker, SecureBroker
 from tests.harness.buffers import SCHEMA as BUFFER_SCHEMA
 from tests.harness.buffers import sealed
 from tests.harness.checker import (
@@ -66,8 +67,9 @@ from tests.harness.checker import (
     check,
 )
 from tests.harness.drive import DBC, ROOT, SIGNALS  # one drive set-up for the end-to-end suites
-from tests.harness.faultproxy import FaultProxy, split_packets
+from tests.harness.faultproxy import FaultProxy, ProxyTls, publish_packet, split_packets
 from tests.harness.netns import NetNs, NetnsUnavailable, netns_or_skip
+from tests.harness.processes import truth
 
 SOAK = os.environ.get("EDGE_SOAK") == "1"
 SEED = int(os.environ.get("EDGE_CHAOS_SEED") or random.SystemRandom().randrange(1, 2**31))
@@ -85,29 +87,6 @@ KEEPALIVE_S = 2
 # --- processes ------------------------------------------------------------------------------------------
 
 
-def truth(log: Path) -> str:
-    """What ``edge-agent sample`` prints for the log: the sampled grid the store must end up holding."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "sample",
-            str(log),
-            "--dbc",
-            str(DBC),
-            "--signals",
-            ",".join(SIGNALS),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def agent_yaml(
     path: Path,
     vin: str,
@@ -117,24 +96,54 @@ def agent_yaml(
     port: int,
     speed: float,
     extra: tuple[str, str] = ("", ""),
+    tls: str = "",
 ) -> Path:
     path.write_text(
         f"vin: {vin}\nsource: {{kind: replay, log: {log}, speed: {speed}}}\n"
         f"buses:\n  - {{channel: can0, dbc: [{DBC}]}}\n"
         f"sampling: {{signals: [{', '.join(SIGNALS)}]}}\n"
         f"buffer: {{path: {buffer}, commit_interval_s: 0.2, {extra[0]}}}\n"
-        f"mqtt: {{host: '{host}', port: {port}, keepalive_s: {KEEPALIVE_S}}}\n"
+        f"mqtt: {{host: '{host}', port: {port}, keepalive_s: {KEEPALIVE_S}{tls}}}\n"
         f"upload: {{ack_timeout_s: {ACK_TIMEOUT_S}, {extra[1]}}}\nlogging: {{format: json}}\n"
     )
     return path
 
 
-def receiver_yaml(path: Path, store: Path, port: int) -> Path:
+def receiver_yaml(path: Path, store: Path, port: int, tls: str = "", security: str = "") -> Path:
     path.write_text(
-        f"mqtt: {{host: 127.0.0.1, port: {port}, keepalive_s: {KEEPALIVE_S}}}\nstore: {{path: {store}}}\n"
-        "logging: {format: json}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {port}, keepalive_s: {KEEPALIVE_S}{tls}}}\nstore: {{path: {store}}}\n"
+        f"logging: {{format: json}}\n{security}"
     )
     return path
+
+
+class Fleet:
+    """The chaos fleet's PKI (``receiver.pki``): a certificate per vehicle and per receiver process, the
+    broker's for loopback and the namespace's address; each client's YAML fields and the proxies' TLS."""
+
+    def __init__(self, root: Path, addresses: list[str], vins: list[str], receivers: list[str]) -> None:
+        self.pki = pki.init(root, ["localhost"], addresses)
+        for vin in vins:
+            pki.issue(root, vin)
+        for name in receivers:
+            pki.issue(root, name, receiver=True)
+        self.vins, self.receivers = vins, receivers
+
+    def tls(self, name: str, receiver: bool = False) -> str:
+        """The ``mqtt`` flow-style fields of client ``name``; a vehicle's signs with its MAC key."""
+        cert, key = self.pki.client(name, receiver)
+        fields = f", tls: true, ca_file: {self.pki.ca_cert}, cert_file: {cert}, key_file: {key}"
+        return fields if receiver else f"{fields}, auth_key_file: {self.pki.auth_key(name)}"
+
+    def security(self) -> str:
+        return f"security: {{fleet_key_file: {self.pki.fleet_key}}}\n"
+
+    def proxy_tls(self) -> ProxyTls:
+        clients = {vin: self.pki.client(vin) for vin in self.vins}
+        clients |= {name: self.pki.client(name, receiver=True) for name in self.receivers}
+        files = {name: (str(cert), str(key)) for name, (cert, key) in clients.items()}
+        broker = (str(self.pki.broker_cert), str(self.pki.broker_key))
+        return ProxyTls.from_files(str(self.pki.ca_cert), broker, files)
 
 
 class AgentProc:
@@ -152,11 +161,14 @@ class AgentProc:
         netns: NetNs | None = None,
         proxy: FaultProxy | None = None,
         extra: tuple[str, str] = ("", ""),
+        tls: str = "",
     ) -> None:
         self.vin, self.log, self.workdir, self.history, self.netns = vin, log, workdir, history, netns
         self.proxy = proxy  # the one between this agent and the broker, if any
         self.buffer = workdir / f"{vin}.sqlite"
-        self.config = agent_yaml(workdir / f"{vin}.yaml", vin, log, self.buffer, host, port, speed, extra)
+        self.config = agent_yaml(
+            workdir / f"{vin}.yaml", vin, log, self.buffer, host, port, speed, extra, tls
+        )
         self.process: subprocess.Popen[bytes] | None = None
         self.boots = 0
         self.kills = 0
@@ -231,10 +243,11 @@ class AgentProc:
 class ReceiverProc:
     """One ``edge-receiver run`` process (restartable); all of them share one store and one share group."""
 
-    def __init__(self, name: str, workdir: Path, store: Path, port: int) -> None:
+    def __init__(self, name: str, workdir: Path, store: Path, port: int, fleet: Fleet | None = None) -> None:
         self.name = name
         self.workdir = workdir
-        self.config = receiver_yaml(workdir / f"{name}.yaml", store, port)
+        tls, security = ("", "") if fleet is None else (fleet.tls(name, receiver=True), fleet.security())
+        self.config = receiver_yaml(workdir / f"{name}.yaml", store, port, tls, security)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.kills = 0
@@ -286,13 +299,18 @@ def stop_receiver(receiver: ReceiverProc, into: dict[str, dict[str, Any]]) -> No
 
 
 class Sniffer:
-    """A plain subscriber beside the receivers: keeps recent batches and can publish them again, late."""
+    """A receiver's certificate beside the receivers, outside their share group: keeps recent batches, and
+    sends copies of old ones back toward the broker inside the vehicle's own connection (the proxy's
+    :meth:`~FaultProxy.inject`), since under the ACL only the vehicle may publish on its telemetry topic."""
 
-    def __init__(self, port: int, rng: random.Random) -> None:
+    def __init__(self, port: int, rng: random.Random, fleet: Fleet, proxies: dict[str, FaultProxy]) -> None:
         self.rng = rng
+        self.proxies = proxies  # by VIN: the proxy that carries that vehicle's connection
         self.seen: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=400)
         self.republished = 0
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"chaos-sniffer-{os.getpid()}")
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="receiver-sniffer")
+        cert, key = fleet.pki.client("receiver-sniffer", receiver=True)
+        self.client.tls_set(ca_certs=str(fleet.pki.ca_cert), certfile=str(cert), keyfile=str(key))
         self.client.on_connect = lambda c, *_: c.subscribe("fleet/+/telemetry", qos=0)
         self.client.on_message = lambda _c, _u, m: self.seen.append((m.topic, bytes(m.payload)))
         self.client.reconnect_delay_set(1, 2)
@@ -303,7 +321,8 @@ class Sniffer:
         old = list(self.seen)[: max(1, len(self.seen) // 2)]  # the older half: long acked, most likely
         sent = 0
         for topic, payload in self.rng.sample(old, min(count, len(old))) if old else []:
-            if self.client.publish(topic, payload, qos=1).rc == paho.MQTT_ERR_SUCCESS:
+            vin = topic.split("/")[1]
+            if self.proxies[vin].inject(vin, publish_packet(topic, payload)):
                 sent += 1
         self.republished += sent
         return sent
@@ -588,31 +607,75 @@ def drives(workdir: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_chaos_nothing_committed_is_lost_duplicated_or_reordered(
-    broker: Broker, namespace: NetNs | None, tmp_path: Path
+    namespace: NetNs | None, tmp_path: Path
 ) -> None:
+    """The fleet's secure setup throughout: the generated broker config (TLS, client certificates, the
+    ACL), a certificate and a MAC key per vehicle, a certificate per receiver process, the fleet key."""
     print(f"chaos seed {SEED} (replay with EDGE_CHAOS_SEED={SEED}), {FAULTS} faults, soak={SOAK}")
     rng = random.Random(SEED)
     logs = drives(tmp_path)
     speed = 6.0 if SOAK else 3.0
     vins = ["CHAOS0000000000A", "CHAOS0000000000B", "CHAOS0000000000C"]
+    a_host = namespace.host_address if namespace else "127.0.0.1"
+    fleet = Fleet(
+        tmp_path / "pki",
+        sorted({"127.0.0.1", a_host}),
+        vins,
+        ["receiver-1", "receiver-2", "receiver-sniffer"],
+    )
+    broker = SecureBroker(fleet.pki.root)
+    broker.start()
     history = CommitHistory()
     store = tmp_path / "store.sqlite"
     upstream = ("127.0.0.1", broker.port)
-    proxy_a = FaultProxy(upstream, namespace.host_address if namespace else "127.0.0.1", name="A").start()
-    proxy_b = FaultProxy(upstream, name="B").start()
-    proxy_r = FaultProxy(upstream, name="R").start()
+    proxy_a = FaultProxy(upstream, a_host, name="A", tls=fleet.proxy_tls()).start()
+    proxy_b = FaultProxy(upstream, name="B", tls=fleet.proxy_tls()).start()
+    proxy_r = FaultProxy(upstream, name="R", tls=fleet.proxy_tls()).start()
     proxies = {"A": proxy_a, "B": proxy_b}
     agents = [  # A behind the namespace's link; C shares B's proxy and has a small buffer cap: it evicts
         AgentProc(
-            vins[0], logs[0], tmp_path, proxy_a.listen_host, proxy_a.port, speed, history, namespace, proxy_a
+            vins[0],
+            logs[0],
+            tmp_path,
+            a_host,
+            proxy_a.port,
+            speed,
+            history,
+            namespace,
+            proxy_a,
+            tls=fleet.tls(vins[0]),
         ),
-        AgentProc(vins[1], logs[1], tmp_path, "127.0.0.1", proxy_b.port, speed, history, None, proxy_b),
         AgentProc(
-            vins[2], logs[0], tmp_path, "127.0.0.1", proxy_b.port, speed, history, None, proxy_b, CAPPED
+            vins[1],
+            logs[1],
+            tmp_path,
+            "127.0.0.1",
+            proxy_b.port,
+            speed,
+            history,
+            None,
+            proxy_b,
+            tls=fleet.tls(vins[1]),
+        ),
+        AgentProc(
+            vins[2],
+            logs[0],
+            tmp_path,
+            "127.0.0.1",
+            proxy_b.port,
+            speed,
+            history,
+            None,
+            proxy_b,
+            CAPPED,
+            fleet.tls(vins[2]),
         ),
     ]
-    receivers = [ReceiverProc(f"receiver{n}", tmp_path, store, proxy_r.port) for n in (1, 2)]
-    sniffer = Sniffer(broker.port, random.Random(SEED + 1))  # its own: the schedule stays the seed's
+    receivers = [ReceiverProc(f"receiver-{n}", tmp_path, store, proxy_r.port, fleet) for n in (1, 2)]
+    by_vin = {vins[0]: proxy_a, vins[1]: proxy_b, vins[2]: proxy_b}
+    sniffer = Sniffer(
+        broker.port, random.Random(SEED + 1), fleet, by_vin
+    )  # its own rng: the seed's schedule stays
     watcher = BufferWatcher(history, {a.vin: a.buffer for a in agents})
     chaos = Chaos(rng, broker, agents, receivers, proxies, proxy_r, sniffer, namespace)
     began = time.monotonic()
@@ -651,6 +714,7 @@ def test_chaos_nothing_committed_is_lost_duplicated_or_reordered(
         cleanup: list[Callable[[], object]] = [agent.kill for agent in agents]
         cleanup += [watcher.stop, sniffer.close, proxy_a.close, proxy_b.close, proxy_r.close]
         cleanup += [functools.partial(stop_receiver, r, stopped) for r in receivers]
+        cleanup.append(broker.close)
         for step in cleanup:
             try:
                 step()
@@ -804,24 +868,6 @@ class Upstream:
             conn.close()
 
 
-def publish_packet(topic: str, payload: bytes, packet_id: int, qos: int = 1) -> bytes:
-    name = topic.encode()
-    body = (
-        len(name).to_bytes(2, "big")
-        + name
-        + (packet_id.to_bytes(2, "big") if qos else b"")
-        + b"\x00"
-        + payload
-    )
-    length, encoded = len(body), bytearray()
-    while True:
-        byte, length = length & 0x7F, length >> 7
-        encoded.append(byte | (0x80 if length else 0))
-        if not length:
-            break
-    return bytes([0x30 | qos << 1]) + bytes(encoded) + body
-
-
 @pytest.fixture
 def upstream() -> Iterator[Upstream]:
     server = Upstream()
@@ -837,7 +883,7 @@ def proxy(upstream: Upstream) -> Iterator[FaultProxy]:
 
 
 def test_split_packets_cuts_whole_mqtt_packets_and_keeps_the_tail() -> None:
-    big = publish_packet("t", b"x" * 300, 7)  # a remaining length of two bytes
+    big = publish_packet("t", b"x" * 300, 7, qos=1)  # a remaining length of two bytes
     pending = bytearray(b"\xc0\x00" + big + big[:5])
     assert split_packets(pending) == [b"\xc0\x00", big]
     assert pending == big[:5]
@@ -850,9 +896,9 @@ def test_proxy_duplicates_and_swaps_publishes_and_forwards_the_rest(
 ) -> None:
     connect, a, b, c = (
         b"\x10\x02ab",
-        publish_packet("t", b"A", 1),
-        publish_packet("t", b"B", 2),
-        publish_packet("t", b"C", 3),
+        publish_packet("t", b"A", 1, qos=1),
+        publish_packet("t", b"B", 2, qos=1),
+        publish_packet("t", b"C", 3, qos=1),
     )
     with socket.create_connection(("127.0.0.1", proxy.port)) as client:
         proxy.duplicate_publishes(1, "up")

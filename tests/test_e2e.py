@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -14,15 +13,10 @@ import pytest
 
 from agent.sim import simulate, write_log
 from tests.harness.broker import Broker
-from tests.harness.drive import DBC, ROOT, SIGNALS, agent_config
+from tests.harness.drive import DBC, ROOT, agent_config
+from tests.harness.processes import cli, exported, receiver_yaml, running_receiver, truth
 
 pytestmark = pytest.mark.slow
-
-
-def cli(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
 
 
 @pytest.fixture(scope="module")
@@ -35,37 +29,9 @@ def drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def receiver(broker: Broker, tmp_path: Path) -> Iterator[Path]:
     store = tmp_path / "store.sqlite"
-    config = tmp_path / "receiver.yaml"
-    config.write_text(
-        f"mqtt: {{host: 127.0.0.1, port: {broker.port}}}\nstore: {{path: {store}}}\n"
-        "logging: {format: json}\n"
-    )
-    log = tmp_path / "receiver.log"
-    with open(log, "w") as errors:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "receiver.cli", "run", "--config", str(config)], cwd=ROOT, stderr=errors
-        )
-    try:
-        deadline = time.monotonic() + 30  # until the broker has granted the receiver's subscription
-        while '"event": "subscribed"' not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+    config = receiver_yaml(tmp_path / "receiver.yaml", broker.port, store)
+    with running_receiver(config, tmp_path / "receiver.log"):
         yield store
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(15)
-
-
-def exported(store: Path, vin: str) -> str:
-    result = cli("receiver.cli", "export", "--db", str(store), "--vin", vin, "--signals", ",".join(SIGNALS))
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def truth(log: Path) -> str:
-    result = cli("agent.cli", "sample", str(log), "--dbc", str(DBC), "--signals", ",".join(SIGNALS))
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def test_replay_is_stored_exactly_as_sample_prints_it(

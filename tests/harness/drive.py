@@ -22,14 +22,26 @@ SIGNALS = [
 ]
 
 
-def agent_config(tmp_path: Path, port: int, vin: str, log: Path, speed: str = "max") -> Path:
-    """Write ``<tmp_path>/<vin>.yaml``: replay ``log`` at ``speed`` to the broker on ``port``."""
-    path = tmp_path / f"{vin}.yaml"
+def agent_config(
+    tmp_path: Path,
+    port: int,
+    vin: str,
+    log: Path,
+    speed: str = "max",
+    name: str | None = None,
+    auth_key: Path | None = None,
+    rate_hz: int = 50,
+) -> Path:
+    """Write ``<tmp_path>/<name or vin>.yaml``: replay ``log`` at ``speed`` to the broker on ``port``,
+    sampled at ``rate_hz``, its envelopes signed with the key in ``auth_key`` when there is one."""
+    name = name or vin
+    path = tmp_path / f"{name}.yaml"
+    key = "" if auth_key is None else f", auth_key_file: {auth_key}"
     path.write_text(
         f"vin: {vin}\nsource: {{kind: replay, log: {log}, speed: {speed}}}\n"
         f"buses:\n  - {{channel: can0, dbc: [{DBC}]}}\n"
-        f"sampling: {{signals: [{', '.join(SIGNALS)}]}}\n"
-        f"buffer: {{path: {tmp_path / vin}.sqlite, commit_interval_s: 0.2}}\n"
-        f"mqtt: {{host: 127.0.0.1, port: {port}}}\nupload: {{ack_timeout_s: 3}}\nlogging: {{format: json}}\n"
+        f"sampling: {{signals: [{', '.join(SIGNALS)}], rate_hz: {rate_hz}}}\n"
+        f"buffer: {{path: {tmp_path / name}.sqlite, commit_interval_s: 0.2}}\n"
+        f"mqtt: {{host: 127.0.0.1, port: {port}{key}}}\nupload: {{ack_timeout_s: 3}}\nlogging: {{format: json}}\n"
     )
     return path

@@ -23,6 +23,13 @@ Faults, switchable at run time from any thread (each method returns once the loo
   the opposite order (a held packet is released alone after ``swap_window_s`` if no second one comes).
 - ``heal()``: no latency, no stall, nothing armed (connections already half-open stay so).
 
+With ``tls`` (:class:`ProxyTls`, built from the fleet's PKI) the proxy terminates TLS on both sides: it
+answers a client as the broker would (the broker's certificate, a client certificate of the fleet's CA
+required) and reaches the broker as that client (the certificate of the same CN), so the pumps still see
+MQTT packets while every hop is TLS with the fleet's certificates and the broker's ACL applies to each
+client as it would without the proxy. ``inject(identity, packet)`` writes a packet into the upstream side
+of that client's connection: a late copy of an old batch that the broker takes as the vehicle's own.
+
 New connections are accepted throughout; when the upstream refuses (the broker is down), the client's
 connection is closed at once, as a dead broker behind a live load balancer would look.
 """
@@ -32,10 +39,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar, cast
 
@@ -85,6 +93,64 @@ def redelivery(packet: bytes) -> bytes:
     return bytes([packet[0] | DUP_FLAG]) + packet[1:] if qos else packet
 
 
+def publish_packet(topic: str, payload: bytes, packet_id: int = 0, qos: int = 0) -> bytes:
+    """An MQTT 5 PUBLISH without properties; at QoS 0 it has no packet id to collide with the client's own."""
+    name = topic.encode("utf-8")
+    body = (
+        struct.pack(">H", len(name))
+        + name
+        + (struct.pack(">H", packet_id) if qos else b"")
+        + b"\x00"
+        + payload
+    )
+    length, encoded = len(body), bytearray()
+    while True:
+        byte, length = length & 0x7F, length >> 7
+        encoded.append(byte | (0x80 if length else 0))
+        if not length:
+            break
+    return bytes([PUBLISH << 4 | qos << 1]) + bytes(encoded) + body
+
+
+@dataclass(frozen=True)
+class ProxyTls:
+    """Both TLS ends of a proxy: ``server`` answers the clients; ``upstream[cn]`` reaches the broker as
+    the client whose certificate has that CN; ``hostname`` is the name checked in the broker's certificate."""
+
+    server: ssl.SSLContext
+    upstream: Mapping[str, ssl.SSLContext]
+    hostname: str = "127.0.0.1"
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str,
+        server: tuple[str, str],
+        clients: Mapping[str, tuple[str, str]],
+        hostname: str = "127.0.0.1",
+    ) -> ProxyTls:
+        """From PEM files: the CA, the broker's (certificate, key), every client's by CN."""
+        answer = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
+        answer.verify_mode = ssl.CERT_REQUIRED
+        answer.load_cert_chain(*server)
+        reach = {}
+        for name, (cert, key) in clients.items():
+            context = ssl.create_default_context(cafile=ca)
+            context.load_cert_chain(cert, key)
+            reach[name] = context
+        return cls(answer, reach, hostname)
+
+
+def common_name(writer: asyncio.StreamWriter) -> str | None:
+    """The CN of the certificate the client presented on this TLS connection."""
+    peer = writer.get_extra_info("peercert") or {}
+    for entry in peer.get("subject", ()):
+        for key, value in entry:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
 def _abort(writer: asyncio.StreamWriter, rst: bool) -> None:
     """Close a socket at once; with ``rst`` the kernel sends an RST instead of a FIN."""
     if rst:
@@ -112,6 +178,7 @@ class _Link:
 
     client: tuple[asyncio.StreamReader, asyncio.StreamWriter]
     upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter]
+    identity: str | None = None  # the client certificate's CN, under TLS
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     done: bool = False  # closed, reset or half-open: the pumps must not touch it any more
 
@@ -131,6 +198,7 @@ class FaultProxy:
         name: str = "proxy",
         swap_window_s: float = 0.5,
         zombie_ttl_s: float = 30.0,
+        tls: ProxyTls | None = None,
     ) -> None:
         self.upstream = upstream
         self.listen_host = listen_host
@@ -138,6 +206,7 @@ class FaultProxy:
         self.name = name
         self.swap_window_s = swap_window_s
         self.zombie_ttl_s = zombie_ttl_s
+        self.tls = tls
         self.stats = ProxyStats()
         self._latency = 0.0
         self._loop = asyncio.new_event_loop()
@@ -166,7 +235,8 @@ class FaultProxy:
         for direction in DIRECTIONS:
             self._flowing[direction] = asyncio.Event()
             self._flowing[direction].set()
-        self._server = await asyncio.start_server(self._accept, self.listen_host, self.listen_port)
+        tls = {} if self.tls is None else {"ssl": self.tls.server, "ssl_handshake_timeout": 5.0}
+        self._server = await asyncio.start_server(self._accept, self.listen_host, self.listen_port, **tls)
         self.listen_port = int(self._server.sockets[0].getsockname()[1])
         self._loop.create_task(self._reap_zombies())
 
@@ -286,6 +356,19 @@ class FaultProxy:
 
         self._call(apply)
 
+    def inject(self, identity: str, packet: bytes) -> bool:
+        """Write ``packet`` toward the broker on a connection of client ``identity`` (TLS only); whether
+        one was there."""
+
+        async def apply() -> bool:
+            for link in self._links:
+                if link.identity == identity and not link.done:
+                    link.upstream[1].write(packet)
+                    return True
+            return False
+
+        return self._call(apply)
+
     def connections(self) -> int:
         async def count() -> int:
             return len(self._links)
@@ -325,13 +408,21 @@ class FaultProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats.accepted += 1
+        identity = None if self.tls is None else common_name(writer)
         try:
-            upstream = await asyncio.wait_for(asyncio.open_connection(*self.upstream), 3.0)
+            if self.tls is None:
+                connecting = asyncio.open_connection(*self.upstream)
+            else:
+                context = self.tls.upstream[identity or ""]  # KeyError: a client the test did not expect
+                connecting = asyncio.open_connection(
+                    *self.upstream, ssl=context, server_hostname=self.tls.hostname, ssl_handshake_timeout=3.0
+                )
+            upstream = await asyncio.wait_for(connecting, 3.0)
         except (OSError, TimeoutError):
             self.stats.refused_upstream += 1
             writer.close()
             return
-        link = _Link((reader, writer), upstream)
+        link = _Link((reader, writer), upstream, identity)
         self._links.add(link)
         link.tasks = [
             self._loop.create_task(self._pump(link, "up")),

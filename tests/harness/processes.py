@@ -1,0 +1,66 @@
+"""Real ``edge-agent`` and ``edge-receiver`` processes for the end-to-end suites (``test_e2e``, ``test_auth_e2e``).
+
+:func:`cli` runs one verb to its end; :func:`running_receiver` starts ``edge-receiver run`` on a config,
+yields once the broker has granted its subscription (a condition read from its JSON log, not a sleep),
+and stops it with SIGTERM. :func:`exported` and :func:`truth` are the two sides every suite compares.
+The caller owns the folders; nothing here deletes a file.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.harness.drive import DBC, ROOT, SIGNALS
+
+
+def cli(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args`` from the project's root; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def receiver_yaml(path: Path, port: int, store: Path, extra: str = "") -> Path:
+    """Write a receiver config at ``path``: the broker on loopback ``port``, the store, JSON logs."""
+    path.write_text(
+        f"mqtt: {{host: 127.0.0.1, port: {port}}}\nstore: {{path: {store}}}\nlogging: {{format: json}}\n{extra}"
+    )
+    return path
+
+
+@contextmanager
+def running_receiver(config: Path, log: Path, timeout: float = 30.0) -> Iterator[subprocess.Popen[bytes]]:
+    """``edge-receiver run --config config``, its stderr in ``log``, subscribed before this yields."""
+    with open(log, "w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "receiver.cli", "run", "--config", str(config)], cwd=ROOT, stderr=errors
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while '"event": "subscribed"' not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+
+
+def exported(store: Path, vin: str) -> str:
+    """The CSV ``edge-receiver export`` prints for ``vin``'s suite signals."""
+    result = cli("receiver.cli", "export", "--db", str(store), "--vin", vin, "--signals", ",".join(SIGNALS))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def truth(log: Path) -> str:
+    """The CSV ``edge-agent sample`` prints for ``log``: what the store must hold, byte for byte."""
+    result = cli("agent.cli", "sample", str(log), "--dbc", str(DBC), "--signals", ",".join(SIGNALS))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
