@@ -74,6 +74,16 @@ class StoreResult:
     overlaps: int  # values skipped: their (signal, tick) was already held by another chunk
 
 
+@dataclass(frozen=True)
+class StoredChunk:
+    """A new chunk as one commit stores it: the chunk as received, the raw values stored of each of the
+    batch's signals (overlaps with another boot removed), and its id in the store."""
+
+    chunk: ChunkData
+    columns: Sequence[Sequence[RawValue | None]]
+    chunk_id: int
+
+
 class Store:
     """The receiver's SQLite store; see the module docstring for the contract."""
 
@@ -172,6 +182,7 @@ class Store:
                 [(batch.vin, boot, first, last, now) for boot, first, last in batch.evicted],
             )
             pending: list[tuple[int, int, int, bytes | None, bytes]] = []  # chunk_columns rows
+            fresh: list[StoredChunk] = []  # what this commit stores of each new chunk
             for chunk in batch.chunks:
                 chunk_id = self._insert_chunk(batch.vin, chunk, now)
                 if chunk_id is None:
@@ -193,13 +204,24 @@ class Store:
                         pending.append((chunk_id, signal_id, *encoded[:3]))
                         stored += encoded[3]
                 counts.append((stored, skipped, chunk_id))
+                fresh.append(StoredChunk(chunk, raw_columns, chunk_id))
             self._conn.executemany(table.INSERT_COLUMNS, pending)
+            self._derive(batch, ids, fresh, now)
             self._conn.executemany("UPDATE chunks SET values_stored = ?, overlaps = ? WHERE id = ?", counts)
             if span != old_span:
                 self._conn.execute("UPDATE vins SET max_span = ? WHERE vin = ?", (span, batch.vin))
         stored_ids = list(dict.fromkeys(chunk.id for chunk in batch.chunks))
         values, overlaps = sum(c[0] for c in counts), sum(c[1] for c in counts)
         return StoreResult(stored_ids, len(counts), len(batch.chunks) - len(counts), values, overlaps)
+
+    def _derive(
+        self, batch: DecodedBatch, signal_ids: list[int], fresh: list[StoredChunk], now: float
+    ) -> None:
+        """What is derived from the new chunks (rollups, latency), written in the batch's own transaction:
+        it then counts each chunk exactly once, whatever is delivered twice, late or out of order, and a
+        receiver killed before its commit leaves nothing of it. ``signal_ids[i]`` is the id of
+        ``batch.schema.signals[i]``; each :class:`StoredChunk` holds the values actually stored (those of
+        another boot's instants removed). Runs inside the transaction: raise to roll it all back."""
 
     def _check_rate(self, batch: DecodedBatch) -> tuple[int, list[Fraction]]:
         """Record the vin and its batch's boots at the batch's rate; refuse a batch of another rate than a

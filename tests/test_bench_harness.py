@@ -98,3 +98,30 @@ def test_print_table_renders_the_ratio(capsys: pytest.CaptureFixture[str]) -> No
     assert [cell.strip() for cell in lines[5].split("|")] == ["missing (x)", "n/a", "1", "n/a"]
     assert "- agent (frames/s): the whole pipeline" in lines
     assert lines[-1] == "machine: test"
+
+
+def test_tls_rows_compare_medians_per_driven_hour() -> None:
+    opened = [bench.Pass(3.0, 0.20), bench.Pass(2.0, 0.30), bench.Pass(9.0, 0.25)]
+    secured = [bench.Pass(3.5, 0.40), bench.Pass(2.5, 0.50), bench.Pass(3.0, 0.90)]
+    hours = bench.driven_hours(18_000, 50.0)
+    assert hours == pytest.approx(0.1)
+    cpu, ingest = bench.tls_rows(opened, secured, 18_000, hours, floor_cpu_s=1.0)
+    assert (cpu.ours, cpu.naive) == pytest.approx((20.0, 20.0))  # medians 3.0 and 3.0, less the floor, x 10
+    assert (ingest.ours, ingest.naive) == pytest.approx((36_000.0, 72_000.0))  # medians 0.50 s and 0.25 s
+    assert ingest.ratio == "2.00x worse vs no TLS"
+    assert bench.TLS in cpu.name and bench.TLS in ingest.name
+    assert "TLS: 3.50, 2.50, 3.00; open: 3.00, 2.00, 9.00" in cpu.note
+
+
+def test_the_receiver_row_runs_in_the_secure_setup(tmp_path: Path) -> None:
+    log = tmp_path / "drive.log.gz"
+    write_log(log, simulate("city", 3.0, 5, DBC))
+    net = bench.secure_network(tmp_path)
+    try:
+        encoded = bench.encode_drive(bench.write_agent_config(tmp_path, net.port, log), log)
+        seconds, batches, _ = bench.our_receiver(tmp_path, net, encoded)  # raises unless all is acked
+        config = (tmp_path / "receiver-store-row.yaml").read_text()
+    finally:
+        net.close()
+    assert seconds > 0 and batches == 1
+    assert "tls: true" in config and "fleet_key_file" in config  # the receiver checked every MAC

@@ -12,7 +12,11 @@ stdout; progress goes to stderr. Rows:
    separate client and timed from the first publish until the acks name every chunk; beside the naive
    receiver (one INSERT + COMMIT per JSON sample), timed until its database holds every sample.
 3. Wire bytes per sample: MQTT payload bytes of each design for the same drive.
-4. The buffer through one hour of driving (issue #4): drain, disk bytes written per driven hour and memory
+4. The cost of TLS: the agent's CPU per driven hour (row 1's run) and the receiver's samples/s (row 2)
+   in the secure setup of `make demo` (:class:`tests.harness.broker.SecureBroker` on a fresh fleet PKI:
+   TLS, client certificates, the generated ACL, a MAC on every batch and ack) beside the same on the open
+   broker, in alternating passes, medians of :data:`TLS_PASSES` each.
+5. The buffer through one hour of driving (issue #4): drain, disk bytes written per driven hour and memory
    through an outage, from :mod:`tests.harness.bench_buffer`.
 """
 
@@ -27,6 +31,8 @@ import platform
 import shutil
 import signal
 import sqlite3
+import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,9 +53,13 @@ from agent.config import load_agent_config
 from agent.daemon import build_schema
 from agent.sample import Sampler, to_micros
 from agent.source import LogStats, read_log
+from agent.wire import auth
 from agent.wire.values import ChunkId, Schema
+from receiver import pki as fleet_pki
+from receiver.pki import Pki
 from tests.harness import naive
-from tests.harness.broker import Broker
+from tests.harness.broker import Broker, SecureBroker
+from tests.harness.demo import tls_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DBC = ROOT / "dbc" / "reference_ev.dbc"
@@ -59,6 +69,8 @@ RECEIVER_VIN = "BENCH0EV000000002"
 WARMUP_VIN = "BENCH0WARMUP00001"
 CHUNK_SAMPLES = 50  # what the agent seals per chunk at 50 Hz with commit_interval_s 1.0
 BATCH_CHUNKS = 60  # per batch in the receiver row (the uploader packs what is committed, to 256 KiB)
+TLS_PASSES = 3  # of each setup in the TLS rows (the open broker's first is rows 1 and 2's run)
+TLS = "TLS + client certs + MACs"  # what the TLS rows' label says of the secure setup
 NOTE_WIDTH = 110
 STARTED = time.monotonic()
 
@@ -77,6 +89,7 @@ class Row:
     note: str = ""
     higher_is_better: bool = True
     digits: int = 0
+    versus: str = ""  # what the baseline column holds when it is not the naive design, e.g. "no TLS"
 
     @property
     def name(self) -> str:
@@ -93,7 +106,8 @@ class Row:
         factor = self.ours / self.naive if self.higher_is_better else self.naive / self.ours
         times = factor if factor >= 1 else 1 / factor
         text = f"{times:,.2f}x" if times < 10 else f"{times:,.1f}x"
-        return f"{text} better" if factor >= 1 else f"{text} worse"
+        text = f"{text} better" if factor >= 1 else f"{text} worse"
+        return f"{text} vs {self.versus}" if self.versus else text
 
 
 def render_table(rows: Sequence[Row], footer: Sequence[str] = ()) -> str:
@@ -215,13 +229,20 @@ def tail(path: Path, lines: int = 15) -> str:
 
 
 class Client:
-    """A paho client that publishes at QoS 1 and gathers the receiver's acks (chunk ids per vin)."""
+    """A paho client that publishes at QoS 1 and gathers the receiver's acks (chunk ids per vin).
 
-    def __init__(self, port: int, client_id: str) -> None:
+    With ``pki`` it connects over TLS with the certificate of vehicle ``client_id`` (its VIN: the secure
+    broker takes the certificate's CN as client id and lets it publish and read acks as that VIN only)."""
+
+    def __init__(self, port: int, client_id: str, pki: Pki | None = None) -> None:
         self.acked: dict[str, set[ChunkId]] = {}
         self.changed = threading.Condition()
         self._subscribed = threading.Event()
+        self._acks = "fleet/+/ack" if pki is None else f"fleet/{client_id}/ack"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if pki is not None:
+            cert, key = pki.client(client_id)
+            self.client.tls_set(str(pki.ca_cert), str(cert), str(key), tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -233,7 +254,7 @@ class Client:
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if not reason.is_failure:
-            client.subscribe("fleet/+/ack", qos=1)
+            client.subscribe(self._acks, qos=1)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         if not any(code.is_failure for code in codes):
@@ -251,6 +272,11 @@ class Client:
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise RuntimeError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
 
+    def forget(self, vin: str) -> None:
+        """Drop the acks gathered for ``vin`` (before its chunks are published again, to a new receiver)."""
+        with self.changed:
+            self.acked.pop(vin, None)
+
     def wait_acked(self, vin: str, count: int, timeout: float) -> bool:
         with self.changed:
             return self.changed.wait_for(lambda: len(self.acked.get(vin, ())) >= count, timeout)
@@ -258,6 +284,72 @@ class Client:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def open_mqtt_yaml(port: int) -> str:
+    """The ``mqtt:`` section of a config that reaches the open broker on ``port`` (anonymous, no TLS)."""
+    return f"mqtt: {{host: 127.0.0.1, port: {port}}}\n"
+
+
+class Network:
+    """A broker that our rows run against, what our processes' configs say to reach it, and the bench's
+    clients on it.
+
+    Open (no ``pki``): anonymous, no TLS, no MACs; one client publishes as every VIN. Secure: the setup of
+    `make demo` (``broker`` a :class:`SecureBroker` on ``pki``): TLS, client certificates, the ACL, and a MAC
+    on every batch and ack; one client per VIN, each with that vehicle's certificate."""
+
+    def __init__(self, broker: Broker, pki: Pki | None = None) -> None:
+        self.broker, self.pki = broker, pki
+        self._clients: dict[str, Client] = {}
+
+    @property
+    def port(self) -> int:
+        return self.broker.port
+
+    def client(self, vin: str) -> Client:
+        """The bench's client that publishes as ``vin`` (connected on first use, kept until :meth:`close`)."""
+        name = "bench-publisher" if self.pki is None else vin
+        if name not in self._clients:
+            self._clients[name] = Client(self.port, name, self.pki)
+        return self._clients[name]
+
+    def sign(self, vin: str, batch: bytes) -> bytes:
+        """``batch`` as vehicle ``vin`` publishes it: with its MAC when the receiver holds the fleet key."""
+        return batch if self.pki is None else auth.sign(batch, self.pki.auth_key(vin).read_bytes(), vin)
+
+    def agent_yaml(self, vin: str) -> str:
+        """The ``mqtt:`` section of agent ``vin``'s config (with its MAC key on the secure broker)."""
+        if self.pki is None:
+            return open_mqtt_yaml(self.port)
+        return f"{tls_config(self.pki, self.port, vin)}  auth_key_file: {self.pki.auth_key(vin)}\n"
+
+    def receiver_yaml(self) -> str:
+        """The ``mqtt:`` (and on the secure broker ``security:``) sections of the receiver's config."""
+        if self.pki is None:
+            return open_mqtt_yaml(self.port)
+        mqtt_section = tls_config(self.pki, self.port, "receiver", receiver=True)
+        return f"{mqtt_section}security: {{fleet_key_file: {self.pki.fleet_key}}}\n"
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self.broker.close()
+
+
+def secure_network(out: Path) -> Network:
+    """A fresh fleet PKI in ``out/pki`` (as ``pki init`` and ``pki issue`` make it: the CA, the broker's
+    certificate for 127.0.0.1, the receiver's, one per bench VIN) and a started :class:`SecureBroker`."""
+    pki = fleet_pki.init(out / "pki", ["localhost"], ["127.0.0.1"])
+    for vin in (AGENT_VIN, RECEIVER_VIN, WARMUP_VIN):
+        fleet_pki.issue(pki.root, vin)
+    broker = SecureBroker(pki.root)
+    try:
+        broker.start()
+    except BaseException:
+        broker.close()
+        raise
+    return Network(broker, pki)
 
 
 # --- our side ------------------------------------------------------------------------------------------
@@ -286,25 +378,33 @@ def encode_drive(config: Path, log: Path) -> Encoded:
     return Encoded(schema, stats.frames, sum(c.sample_count for c in sealed), [c.payload for c in sealed])
 
 
-def write_agent_config(out: Path, port: int, log: Path) -> Path:
-    config = out / "agent.yaml"
+def write_agent_config(
+    out: Path, port: int, log: Path, name: str = "agent", mqtt_yaml: str | None = None
+) -> Path:
+    """``out/NAME.yaml``: agent :data:`AGENT_VIN` replaying ``log``, its buffer ``out/NAME-buffer.sqlite``,
+    its ``mqtt:`` section ``mqtt_yaml`` (default: the open broker on ``port``)."""
+    config = out / f"{name}.yaml"
     config.write_text(
         f"vin: {AGENT_VIN}\nsource: {{kind: replay, log: {log}, speed: max}}\n"
         f"buses:\n  - {{channel: can0, dbc: [{DBC}]}}\n"
-        f"buffer: {{path: {out / 'agent-buffer.sqlite'}}}\n"
-        f"mqtt: {{host: 127.0.0.1, port: {port}}}\nlogging: {{format: json}}\n"
+        f"buffer: {{path: {out / name}-buffer.sqlite}}\n"
+        f"{mqtt_yaml or open_mqtt_yaml(port)}logging: {{format: json}}\n"
     )
     return config
 
 
 class OurReceiver:
-    """``edge-receiver run`` on a fresh store, started and proven subscribed by an acked warm-up batch."""
+    """``edge-receiver run`` on a fresh store, started and proven subscribed by an acked warm-up batch
+    (``client`` publishes it as :data:`WARMUP_VIN`); ``mqtt_yaml`` its ``mqtt:`` (and ``security:``)
+    sections, by default the open broker on ``port``."""
 
-    def __init__(self, out: Path, name: str, port: int, client: Client, warmup: bytes) -> None:
+    def __init__(
+        self, out: Path, name: str, port: int, client: Client, warmup: bytes, mqtt_yaml: str | None = None
+    ) -> None:
         self.log = out / f"{name}.log"
         config = out / f"{name}.yaml"
         config.write_text(
-            f"mqtt: {{host: 127.0.0.1, port: {port}}}\nstore: {{path: {out / name}.sqlite}}\n"
+            f"{mqtt_yaml or open_mqtt_yaml(port)}store: {{path: {out / name}.sqlite}}\n"
             "logging: {format: json}\n"
         )
         with open(self.log, "wb") as err:
@@ -318,33 +418,41 @@ class OurReceiver:
                 self.stop()
                 raise RuntimeError(f"edge-receiver did not ack a warm-up batch:\n{tail(self.log)}")
             client.publish(f"fleet/{WARMUP_VIN}/telemetry", warmup)
-        with client.changed:
-            client.acked.pop(WARMUP_VIN, None)
+        client.forget(WARMUP_VIN)
 
     def stop(self) -> None:
         stop_process(self.process)
         self.process = None
 
 
-def warmup_batch(encoded: Encoded) -> bytes:
-    return wire.encode_batch(WARMUP_VIN, encoded.schema, encoded.chunks[:1], sent_at=time.time())
+def warmup_batch(encoded: Encoded, net: Network) -> bytes:
+    batch = wire.encode_batch(WARMUP_VIN, encoded.schema, encoded.chunks[:1], sent_at=time.time())
+    return net.sign(WARMUP_VIN, batch)
+
+
+def our_receiver_process(out: Path, name: str, net: Network, encoded: Encoded) -> OurReceiver:
+    """An :class:`OurReceiver` on ``net``, warmed up by the bench's client for :data:`WARMUP_VIN`."""
+    warmup = warmup_batch(encoded, net)
+    return OurReceiver(out, name, net.port, net.client(WARMUP_VIN), warmup, net.receiver_yaml())
 
 
 def our_agent(
-    out: Path, port: int, log: Path, client: Client, encoded: Encoded
+    out: Path, net: Network, log: Path, encoded: Encoded, name: str = "agent"
 ) -> tuple[ProcessRun, dict[str, Any]]:
-    receiver = OurReceiver(out, "receiver-agent-row", port, client, warmup_batch(encoded))
+    """``edge-agent replay`` of ``log`` at full speed to a running receiver on ``net``, timed to its exit."""
+    config = write_agent_config(out, net.port, log, name, net.agent_yaml(AGENT_VIN))
+    receiver = our_receiver_process(out, f"receiver-{name}-row", net, encoded)
     try:
-        report, config = out / "agent-report.json", out / "agent.yaml"
+        report, agent_log = out / f"{name}-report.json", out / f"{name}.log"
         progress(f"edge-agent replay {log.name} --speed max (receiver running, acks after its commit)")
         argv = python_m(
             "agent.cli", "replay", log, config=config, speed="max", report=report, drain_timeout=60
         )
-        run = timed_run(argv, out / "agent.log", timeout=120)
+        run = timed_run(argv, agent_log, timeout=120)
     finally:
         receiver.stop()
     if run.returncode != 0:
-        raise RuntimeError(f"edge-agent replay exited {run.returncode}:\n{tail(out / 'agent.log')}")
+        raise RuntimeError(f"edge-agent replay exited {run.returncode}:\n{tail(agent_log)}")
     figures: dict[str, Any] = json.loads(report.read_text())
     progress(
         f"edge-agent: {figures['frames']} frames in {run.seconds:.2f} s, {figures['bytes_sent']} bytes sent"
@@ -352,15 +460,22 @@ def our_agent(
     return run, figures
 
 
-def our_receiver(out: Path, port: int, client: Client, encoded: Encoded) -> tuple[float, int, int]:
+def our_receiver(
+    out: Path, net: Network, encoded: Encoded, name: str = "receiver-store-row"
+) -> tuple[float, int, int]:
     """Seconds from the first publish until every chunk is acked, batches, and payload bytes."""
     batches = [
-        wire.encode_batch(
-            RECEIVER_VIN, encoded.schema, encoded.chunks[i : i + BATCH_CHUNKS], sent_at=time.time()
+        net.sign(
+            RECEIVER_VIN,
+            wire.encode_batch(
+                RECEIVER_VIN, encoded.schema, encoded.chunks[i : i + BATCH_CHUNKS], sent_at=time.time()
+            ),
         )
         for i in range(0, len(encoded.chunks), BATCH_CHUNKS)
     ]
-    receiver = OurReceiver(out, "receiver-store-row", port, client, warmup_batch(encoded))
+    client = net.client(RECEIVER_VIN)
+    receiver = our_receiver_process(out, name, net, encoded)
+    client.forget(RECEIVER_VIN)  # a pass before this one had the same chunks acked
     try:
         progress(f"publishing {len(batches)} batches ({encoded.samples} samples) to edge-receiver")
         started = time.perf_counter()
@@ -476,44 +591,134 @@ def floor_process(out: Path) -> ProcessRun:
     return timed_run(argv, out / "floor.log", timeout=60)
 
 
+# --- the cost of TLS -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Rows 1 and 2 of ours once on one network: the agent's CPU seconds, the receiver's ingest seconds."""
+
+    agent_cpu_s: float
+    ingest_s: float
+
+
+def one_pass(out: Path, net: Network, log: Path, encoded: Encoded, name: str) -> Pass:
+    """Our agent (to a running receiver) and our receiver (the pre-encoded batches) once more on ``net``."""
+    run, figures = our_agent(out, net, log, encoded, f"agent-{name}")
+    if figures["frames"] != encoded.frames or figures["samples_committed"] != encoded.samples:
+        raise RuntimeError(f"edge-agent ({name}) did not send the whole drive: {figures}")
+    seconds, _, _ = our_receiver(out, net, encoded, f"receiver-store-{name}")
+    progress(f"{name}: agent CPU {run.cpu_s:.2f} s; {encoded.samples} samples acked in {seconds:.2f} s")
+    return Pass(run.cpu_s, seconds)
+
+
+def tls_passes(
+    out: Path, plain: Network, log: Path, encoded: Encoded, first: Pass, passes: int = TLS_PASSES
+) -> tuple[list[Pass], list[Pass]]:
+    """``passes`` each on the open network (``first`` among them, made before) and on a secure one,
+    alternating: (open, secure)."""
+    secure = secure_network(out)
+    progress(f"secure mosquitto on 127.0.0.1:{secure.port} (TLS, client certificates, ACL), MACs on")
+    opened, secured = [first], []
+    try:
+        for i in range(passes):
+            secured.append(one_pass(out, secure, log, encoded, f"tls-{i + 1}"))
+            if len(opened) < passes:
+                opened.append(one_pass(out, plain, log, encoded, f"plain-{i + 2}"))
+    finally:
+        secure.close()
+    return opened, secured
+
+
+def driven_hours(samples: int, rate: float) -> float:
+    """The hours a drive of ``samples`` on a ``rate`` Hz grid lasted."""
+    return samples / rate / 3600.0
+
+
+def per_driven_hour(cpu_s: float, floor_cpu_s: float, hours: float) -> float:
+    """CPU seconds per driven hour of a run, less ``floor_cpu_s``: its start, paid once, not every hour."""
+    return (cpu_s - floor_cpu_s) / hours
+
+
+def tls_rows(
+    opened: Sequence[Pass], secured: Sequence[Pass], samples: int, hours: float, floor_cpu_s: float
+) -> list[Row]:
+    """The TLS rows: medians of the secure passes ("ours") beside those of the open ones (baseline)."""
+    cpus = [[p.agent_cpu_s for p in secured], [p.agent_cpu_s for p in opened]]
+    ingests = [[p.ingest_s for p in secured], [p.ingest_s for p in opened]]
+    cpu, ingest = [statistics.median(v) for v in cpus], [statistics.median(v) for v in ingests]
+
+    def listed(values: Sequence[float]) -> str:
+        return ", ".join(f"{value:.2f}" for value in values)
+
+    setup = (
+        "ours in the secure setup of `make demo` (SecureBroker: TLS 1.2, client certificates, the ACL; "
+        "a MAC on every batch, status and ack) beside ours on the open broker (no TLS, no MACs) in the "
+        f"naive column, in this run, medians of {len(secured)} and {len(opened)} alternating passes"
+    )
+    return [
+        Row(
+            f"agent CPU per driven hour, {TLS}",
+            per_driven_hour(cpu[0], floor_cpu_s, hours),
+            per_driven_hour(cpu[1], floor_cpu_s, hours),
+            "s",
+            f"{setup}; CPU seconds of the row 'agent CPU' run (TLS: {listed(cpus[0])}; open: "
+            f"{listed(cpus[1])}) less the {floor_cpu_s:.2f} s the floor process (Python importing can, "
+            f"cantools and paho) takes, paid once per start, divided by the drive's {hours * 60:.1f} "
+            "driven minutes",
+            higher_is_better=False,
+            digits=1,
+            versus="no TLS",
+        ),
+        Row(
+            f"receiver ingest, {TLS}",
+            samples / ingest[0],
+            samples / ingest[1],
+            "samples/s",
+            f"{setup}; the row 'receiver ingest' (seconds, TLS: {listed(ingests[0])}; open: "
+            f"{listed(ingests[1])}), the bench's client publishing as {RECEIVER_VIN} with that vehicle's "
+            "certificate, each batch signed (auth.sign) before the clock starts; the receiver checks each "
+            "MAC before it decodes and signs its acks",
+            versus="no TLS",
+        ),
+    ]
+
+
 # --- the run -------------------------------------------------------------------------------------------
 
 
 def bench(log: Path, naive_receiver_samples: int | None, naive_bound_s: float) -> list[Row]:
     out = Path(tempfile.mkdtemp(prefix="edge-bench-"))
-    broker: Broker | None = None
-    client: Client | None = None
+    plain: Network | None = None
     try:
         log.read_bytes()  # into the page cache once, so neither agent pays for the first read
         floor = floor_process(out)
-        broker = Broker()
-        config = write_agent_config(out, broker.port, log)
+        plain = Network(Broker())
+        config = write_agent_config(out, plain.port, log)
         progress(f"encoding {log.name} with the agent's modules (schema, Sampler, Chunker, wire)")
         encoded = encode_drive(config, log)
         progress(f"{encoded.frames} frames, {encoded.samples} samples, {len(encoded.chunks)} chunks")
-        broker.start()
-        progress(f"mosquitto on 127.0.0.1:{broker.port}")
-        client = Client(broker.port, "bench-publisher")
+        plain.broker.start()
+        progress(f"mosquitto on 127.0.0.1:{plain.port}")
 
-        ours_run, ours_fig = our_agent(out, broker.port, log, client, encoded)
-        naive_run, naive_fig = naive_agent(out, broker.port, log)
+        ours_run, ours_fig = our_agent(out, plain, log, encoded)
+        naive_run, naive_fig = naive_agent(out, plain.port, log)
         frames = int(ours_fig["frames"])
         if frames != naive_fig["frames"] or ours_fig["samples_committed"] != naive_fig["samples"]:
             raise RuntimeError(f"the two agents disagree on the log: ours {ours_fig}, naive {naive_fig}")
 
-        ours_s, batches, batch_bytes = our_receiver(out, broker.port, client, encoded)
+        ours_s, batches, batch_bytes = our_receiver(out, plain, encoded)
         progress(f"edge-receiver: {encoded.samples} samples stored and acked in {ours_s:.2f} s")
         progress(f"encoding {log.name} as the naive agent does (cantools, JSON)")
         payloads = naive_payloads(log)
         if naive_receiver_samples is not None:
             payloads = payloads[:naive_receiver_samples]
-        naive_s, naive_stored = naive_receiver(out, broker.port, payloads, naive_bound_s)
+        naive_s, naive_stored = naive_receiver(out, plain.port, payloads, naive_bound_s)
         progress(f"naive receiver: {naive_stored} samples stored in {naive_s:.2f} s")
+        opened, secured = tls_passes(out, plain, log, encoded, Pass(ours_run.cpu_s, ours_s))
     finally:
-        if client is not None:
-            client.close()
-        if broker is not None:
-            broker.close()
+        if plain is not None:
+            plain.close()
         shutil.rmtree(out, ignore_errors=True)
 
     samples = encoded.samples
@@ -585,6 +790,7 @@ def bench(log: Path, naive_receiver_samples: int | None, naive_bound_s: float) -
             higher_is_better=False,
             digits=1,
         ),
+        *tls_rows(opened, secured, samples, driven_hours(samples, float(encoded.schema.rate)), floor.cpu_s),
     ]
 
 
@@ -613,7 +819,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tests.harness.bench_buffer import buffer_rows  # it imports this module: not at the top
 
     rows += buffer_rows(progress=progress)
-    print_table(rows, [machine(), "ratio = how many times better ours is"])
+    footer = [
+        machine(),
+        "ratio = how many times better ours is",
+        f"rows '..., {TLS}': ours in the full secure setup that `make demo` and users run; their naive",
+        "column holds ours without TLS (ratio 'vs no TLS'), measured in the same run: the cost of TLS",
+    ]
+    print_table(rows, footer)
     from tests.harness.bench_codec import codec_rows
     from tests.harness.bench_receiver import receiver_rows
 
