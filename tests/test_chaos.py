@@ -632,44 +632,12 @@ def test_chaos_nothing_committed_is_lost_duplicated_or_reordered(
     proxy_b = FaultProxy(upstream, name="B", tls=fleet.proxy_tls()).start()
     proxy_r = FaultProxy(upstream, name="R", tls=fleet.proxy_tls()).start()
     proxies = {"A": proxy_a, "B": proxy_b}
-    agents = [  # A behind the namespace's link; C shares B's proxy and has a small buffer cap: it evicts
-        AgentProc(
-            vins[0],
-            logs[0],
-            tmp_path,
-            a_host,
-            proxy_a.port,
-            speed,
-            history,
-            namespace,
-            proxy_a,
-            tls=fleet.tls(vins[0]),
-        ),
-        AgentProc(
-            vins[1],
-            logs[1],
-            tmp_path,
-            "127.0.0.1",
-            proxy_b.port,
-            speed,
-            history,
-            None,
-            proxy_b,
-            tls=fleet.tls(vins[1]),
-        ),
-        AgentProc(
-            vins[2],
-            logs[0],
-            tmp_path,
-            "127.0.0.1",
-            proxy_b.port,
-            speed,
-            history,
-            None,
-            proxy_b,
-            CAPPED,
-            fleet.tls(vins[2]),
-        ),
+    # A behind the namespace's link; C shares B's proxy and has a small buffer cap: it evicts
+    routes = [(a_host, proxy_a, namespace, ("", "")), ("127.0.0.1", proxy_b, None, ("", ""))]
+    routes.append(("127.0.0.1", proxy_b, None, CAPPED))
+    agents = [
+        AgentProc(vin, log, tmp_path, host, proxy.port, speed, history, ns, proxy, extra, fleet.tls(vin))
+        for vin, log, (host, proxy, ns, extra) in zip(vins, [logs[0], logs[1], logs[0]], routes, strict=True)
     ]
     receivers = [ReceiverProc(f"receiver-{n}", tmp_path, store, proxy_r.port, fleet) for n in (1, 2)]
     by_vin = {vins[0]: proxy_a, vins[1]: proxy_b, vins[2]: proxy_b}

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,38 +16,18 @@ import pytest
 
 from tests.harness.broker import Broker
 from tests.harness.drive import ROOT, agent_config
+from tests.harness.processes import cli, receiver_yaml, running_receiver
 
 pytestmark = pytest.mark.slow
 CITY = ROOT / "replay_logs" / "city.log.gz"
 
 
-def cli(module: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
-    )
-
-
 @pytest.fixture
 def receiver(broker: Broker, tmp_path: Path) -> Iterator[Path]:
     store = tmp_path / "store.sqlite"
-    config = tmp_path / "receiver.yaml"
-    config.write_text(
-        f"mqtt: {{host: 127.0.0.1, port: {broker.port}}}\nstore: {{path: {store}}}\nlogging: {{format: json}}\n"
-    )
-    log = tmp_path / "receiver.log"
-    with open(log, "w") as errors:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "receiver.cli", "run", "--config", str(config)], cwd=ROOT, stderr=errors
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while '"event": "subscribed"' not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+    config = receiver_yaml(tmp_path / "receiver.yaml", broker.port, store)
+    with running_receiver(config, tmp_path / "receiver.log"):
         yield store
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(15)
 
 
 def replay(config: Path, log: Path, report: Path) -> tuple[subprocess.CompletedProcess[str], dict]:  # type: ignore[type-arg]
