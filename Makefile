@@ -22,14 +22,18 @@ $(STAMP): pyproject.toml
 
 setup: debs $(STAMP)
 
+# STORE=postgresql: the same five vehicles into a PostgreSQL server the demo starts itself (needs postgresql).
+STORE ?= sqlite
 demo: setup
-	$(PY) -m tests.harness.demo
+	@if [ "$(STORE)" = postgresql ]; then sh packaging/bootstrap.sh postgresql; fi
+	$(PY) -m tests.harness.demo --store $(STORE)
 
 # Two workers (one per core of the smallest CI machine); a test module stays on one worker.
 TEST_WORKERS ?= 2
 
-# The package's install test needs these on top (a clean Debian root, lintian, man pages).
-TEST_DEBS := debootstrap lintian help2man binutils
+# The package's install test needs these on top (a clean Debian root, lintian, man pages); postgresql: the
+# tests' own PostgreSQL servers (initdb and pg_ctl in a temporary folder, never the system's cluster).
+TEST_DEBS := debootstrap lintian help2man binutils postgresql
 
 test: setup
 	@sh packaging/bootstrap.sh $(TEST_DEBS)
@@ -39,6 +43,7 @@ soak: setup
 	EDGE_SOAK=1 $(PY) -m pytest -q -m slow
 
 bench: setup
+	@sh packaging/bootstrap.sh postgresql
 	$(PY) -m tests.harness.bench
 
 lint: setup
@@ -62,6 +67,7 @@ deb:
 # Rebuild the generated protobuf module from proto/telemetry.proto.
 proto: setup
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=agent/wire --pyi_out=agent/wire proto/telemetry.proto
+	$(VENV)/bin/ruff check -q --fix agent/wire/telemetry_pb2.py agent/wire/telemetry_pb2.pyi; $(VENV)/bin/ruff format -q agent/wire/telemetry_pb2.py agent/wire/telemetry_pb2.pyi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

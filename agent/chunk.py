@@ -4,7 +4,9 @@ Contract: used by the pipeline thread only. ``add`` copies the sampler's values 
 ``seal`` closes the current chunk, encodes it with :func:`agent.wire.encode_chunk` (closed-loop, so the
 stored bytes are exactly what the receiver will decode) and returns it, or ``None`` when empty. A chunk
 is sealed when it holds ``max_samples`` and at every commit, so a crash loses at most one commit
-interval. Chunk sequence numbers start at 0 for every boot id and never repeat within it.
+interval. Chunk sequence numbers start at 0 for every boot id and never repeat within it. Each chunk is
+stamped with the wall time it was sealed (``clock``, ms; inside the stored bytes, so a chunk sent from a
+backlog keeps it): the receiver's latency histograms start there.
 
 Ticks need not be consecutive: the sampler emits no tick at which every signal is absent, so after a
 silence the next tick may be far ahead (the chunk's tick delta-of-delta codes such a jump in a few
@@ -16,6 +18,8 @@ is what the receiver's overlap search (``max_span``) relies on to stay cheap.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent import wire
@@ -35,9 +39,12 @@ class SealedChunk:
 
 
 class Chunker:
-    def __init__(self, schema: Schema, boot_id: bytes, max_samples: int) -> None:
+    def __init__(
+        self, schema: Schema, boot_id: bytes, max_samples: int, clock: Callable[[], float] = time.time
+    ) -> None:
         if max_samples < 1:
             raise ValueError("a chunk holds at least one sample")
+        self.clock = clock  # the wall clock, seconds: each chunk's seal time
         self.schema = schema
         self.boot_id = boot_id
         self.max_samples = max_samples
@@ -61,7 +68,7 @@ class Chunker:
     def seal(self) -> SealedChunk | None:
         if not self._ticks:
             return None
-        data = ChunkData(self.boot_id, self.next_seq, self._ticks, self._columns)
+        data = ChunkData(self.boot_id, self.next_seq, self._ticks, self._columns, int(self.clock() * 1000))
         chunk = SealedChunk(data.id, self._ticks[0], len(self._ticks), wire.encode_chunk(self.schema, data))
         self.next_seq += 1
         self._ticks = []

@@ -17,6 +17,11 @@ Contract
 - Whatever is unacked after a reconnect or an ack timeout is sent again from the oldest; the receiver
   stores a chunk once, whatever the number of deliveries.
 - Eviction notices ride along in batches until a batch that carried them is acked.
+- Each batch says how many of its first chunks are backlog (``backlog_chunks``, for the receiver's
+  latency histograms): those already in the buffer when the uploader last published a batch or when the
+  connection came up, which could have gone then and did not (offline, a batch too small for them all,
+  a resend after an ack timeout). The others are live: in the first batch published after their commit
+  (however long a full window of unacked batches held that publish back: live latency shows it).
 - States: OFFLINE (no broker), ONLINE (connected, backlog small), DRAINING (connected, working off a
   backlog), NOT_ACKED (connected, but batches have been in flight without any ack for longer than
   ``UNACKED_AFTER_TIMEOUTS`` ack timeouts). Every transition is logged once, with its reason and the
@@ -91,6 +96,7 @@ class Uploader(Stage):
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._inflight: dict[int, _InFlight] = {}  # keyed by the batch's last buffer row
         self._cursor = 0  # last buffer row handed to the broker since the last reset
+        self._fresh_after = 0  # buffer row: chunks after it were committed after the last publish/connect
         self._packet_limit = 0  # the broker's Maximum Packet Size, 0 = none announced
         self._tokens, self._tokens_at = 0.0, time.monotonic()
         self._sent = SentLedger()  # what this process handed to the broker and has not seen acked
@@ -227,6 +233,7 @@ class Uploader(Stage):
                 self._waiting_since = None
                 self._failures.connected()
                 self._packet_limit = int(detail[1] or 0)
+                self._mark_backlog(buffer)
                 self._transition(State.ONLINE, f"connected ({detail[0]})", buffer)
             elif kind in ("disconnected", "refused", "unreachable"):
                 self._reset()
@@ -336,19 +343,29 @@ class Uploader(Stage):
         self._tokens -= size
         return True
 
+    def _mark_backlog(self, buffer: Buffer) -> None:
+        """The connection is up: every chunk held now waited for it (backlog)."""
+        try:
+            self._fresh_after = max(self._fresh_after, buffer.newest_row())
+        except StorageError as error:  # the next send's read says it too; the split is only for latency
+            self.log.error("buffer_read_failed", reason=str(error))
+
     def _encode(
         self, buffer: Buffer, chunks: list[StoredChunk], notices: list[tuple[int, bytes, int, int]]
     ) -> bytes:
         schema = buffer.schema(chunks[0].schema_id)
         evicted = [(boot, first, last) for _, boot, first, last in notices]
+        backlog = sum(1 for c in chunks if c.row_id <= self._fresh_after)  # a prefix: oldest first
+        payloads = [c.payload for c in chunks]
         return self._sign(
             wire.encode_batch(
-                self.vin, schema, [c.payload for c in chunks], evicted, time.time(), self.config.compression
+                self.vin, schema, payloads, evicted, time.time(), self.config.compression, backlog
             )
         )
 
     def _send_one(self, buffer: Buffer) -> bool:
         try:
+            newest = buffer.newest_row()  # what this send could take: later ones are live at the next
             chunks = buffer.oldest(self._cursor, self.config.max_batch_bytes)
             notices = buffer.notices() if chunks else []
         except StorageError as error:
@@ -370,6 +387,7 @@ class Uploader(Stage):
             self.log.warning("publish_failed", rc=paho.error_string(info.rc))
             return False
         self._cursor = chunks[-1].row_id
+        self._fresh_after = max(self._fresh_after, newest, self._cursor)  # sent once: a resend is backlog
         ids = {ChunkId(c.boot_id, c.seq) for c in chunks}
         self._sent.sent(ids, ((boot, first, last) for _, boot, first, last in notices))
         self._inflight[self._cursor] = _InFlight(ids, sum(c.sample_count for c in chunks), time.monotonic())

@@ -25,6 +25,7 @@ from agent.service.schema import (
     parse_document,
 )
 from agent.wire.chunks import Limits
+from receiver.backend import redacted
 
 DEFAULT_RECEIVER_CONFIG = Path("/etc/edge-receiver/config.yaml")
 
@@ -38,7 +39,30 @@ class ReceiverMqttConfig(MqttConfig):
 
 @dataclass(frozen=True)
 class StoreConfig:
+    """Where batches are stored: a SQLite file (``path``, the default) or a PostgreSQL database (``dsn``, a
+    ``postgresql://`` URL; not both), and how long: ``retention_days`` (0 keeps everything)."""
+
     path: Path = Path("/var/lib/edge-receiver/store.sqlite")
+    dsn: str | None = None
+    retention_days: int = 90
+
+    @property
+    def target(self) -> str | Path:
+        """What :func:`receiver.store.open_store` takes: the URL when one is set, else the file."""
+        return self.dsn if self.dsn is not None else self.path
+
+    @property
+    def shown(self) -> str:
+        """The target for logs and messages (a URL's password as ``***``)."""
+        return str(self.path) if self.dsn is None else redacted(self.dsn)
+
+
+DSN = r"postgres(ql)?://\S*"  # libpq's URL form: postgresql://[user[:password]@][host][:port][/db][?param=value]
+
+
+def _one_store(store: StoreConfig, view: SectionView) -> None:
+    if store.dsn is not None and "path" in view.given:
+        view.error("dsn", "is set with store.path: give one, a SQLite file (path) or a PostgreSQL URL (dsn)")
 
 
 @dataclass(frozen=True)
@@ -103,7 +127,15 @@ RECEIVER_SCHEMA = Section(
             },
             (*MQTT_CHECKS, _no_agent_key),
         ),
-        "store": Section(StoreConfig, {"path": FilePath()}),
+        "store": Section(
+            StoreConfig,
+            {
+                "path": FilePath(),
+                "dsn": Nullable(String(pattern=DSN, rule="postgresql://[user@]host[:port]/database")),
+                "retention_days": Integer(min=0, max=100_000),
+            },
+            (_one_store,),
+        ),
         "logging": LOGGING_SECTION,
         "security": Section(SecurityConfig, {"fleet_key_file": Nullable(FilePath(must_exist=True))}),
         "limits": Section(

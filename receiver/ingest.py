@@ -16,8 +16,10 @@ Contract
   logged once as ``batch_rejected`` with the topic, size and reason, counted, and never acked. Memory
   per message is bounded by the limits (measured in tests/test_receiver_limits.py). A storage error is logged and not acked (the
   agent resends); the service keeps running either way.
-- The receiver owns its :class:`~receiver.store.Store` (opened by ``start``, closed by ``stop``) and the
-  counters; a message's payload is not kept after its callback returns.
+- The receiver owns its :class:`~receiver.store.Store` (``store.path`` or ``store.dsn``; opened by ``start``,
+  closed by ``stop``) and the counters; a message's payload is not kept after its callback returns.
+  :meth:`Receiver.run_forever` also runs the store's retention (:mod:`receiver.retention`: at start, then
+  hourly, in a thread of its own with its own connection).
 - Supervision (:meth:`Receiver.run_forever`): the main thread beats the ``ingest`` heartbeat each time it
   can take the message lock, i.e. when no handler is stuck in the store; its declared period is one
   turn of that loop (``SUPERVISE_EVERY_S`` + ``LOCK_WAIT_S``), so the watchdog's threshold follows it.
@@ -44,6 +46,7 @@ from agent.service.logs import get_logger
 from agent.service.supervise import Heartbeat, Supervisor
 from agent.wire import auth
 from receiver.config import ReceiverConfig
+from receiver.retention import Retention
 from receiver.store import RateConflictError, Store
 
 _instances = itertools.count(1)
@@ -101,14 +104,14 @@ class Receiver:
                 "batches_not_authenticated",
                 reason="no security.fleet_key_file: anyone on the broker can forge",
             )
-        self._store = Store(self.config.store.path)
+        self._store = Store(self.config.store.target)
         try:
             self._client = self._make_client()
         except BaseException:
             self._store.close()
             raise
         mqtt.connect(self._client, self.config.mqtt, persistent=False)
-        store = os.fspath(self.config.store.path)
+        store = self.config.store.shown
         self.log.info("receiver_started", subscription=self.subscription, store=store)
 
     def _make_client(self) -> paho.Client:
@@ -149,8 +152,10 @@ class Receiver:
         for sig in handlers:
             signal.signal(sig, lambda _sig, _frame: self.request_stop())
         supervisor = Supervisor()  # sd_notify; no-ops outside systemd
+        retention = Retention(self.config.store, self.log)  # its own thread and store connection
         try:
             self.start()
+            retention.start()
             supervisor.ready(self.status_line())
             ingest = Heartbeat(SUPERVISE_EVERY_S + LOCK_WAIT_S)
             while not self._stop_requested.wait(SUPERVISE_EVERY_S):
@@ -161,6 +166,7 @@ class Receiver:
                 supervisor.status(self.status_line())
         finally:
             supervisor.stopping()
+            retention.stop()
             try:
                 self.stop()
             finally:

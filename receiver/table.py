@@ -1,8 +1,10 @@
-"""The store's layout on disk: its tables (:data:`DDL`) and how an older file is upgraded, the statements
-that write and read them, a signal's declared coding as a row, and a chunk's ticks as stored.
+"""The SQLite store's layout on disk: its tables (:data:`DDL`) and how an older file is upgraded, its
+dialect (:class:`SqliteDialect`: the standard statements of :class:`receiver.backend.Dialect` and its range
+read), and what both backends share: a signal's declared coding as a row, a chunk's ticks as stored.
 
 Contract: pure constants and functions, no I/O, no shared state: safe from any thread. :mod:`receiver.store`
-runs the statements and says what the tables guarantee; :mod:`receiver.column` codes a column's values.
+runs the statements and says what the tables guarantee; :mod:`receiver.column` codes a column's values;
+:mod:`receiver.pg_table` is PostgreSQL's layout of the same tables.
 
 Tables (version :data:`SCHEMA_VERSION`)
 - ``vins``: the rate of the vin's first batch (what a store of version 3 knew) and ``max_span`` (in the
@@ -24,10 +26,12 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 from agent.errors import StorageError
 from agent.wire.values import SignalSpec
+from receiver.backend import Dialect
 from receiver.column import INT64_RANGE
 
 SCHEMA_VERSION = 4
@@ -71,7 +75,6 @@ _DECLARED_TYPES = {
     "integer_scaled": "INTEGER",
 }
 _DECLARED_TYPES |= {"bound_raw": "INTEGER", "coding": "TEXT"}  # the columns of a signal's declared coding
-_DECLARED = tuple(_DECLARED_TYPES)
 # From a version (the key) to the next one, in place: a writer opening an older store runs them in order.
 UPGRADES = {
     2: "".join(f"ALTER TABLE signals ADD COLUMN {c} {t};" for c, t in _DECLARED_TYPES.items()),
@@ -80,33 +83,8 @@ UPGRADES = {
     "INSERT OR IGNORE INTO boots SELECT DISTINCT c.vin, c.boot_id, v.rate_num, v.rate_den "
     "FROM chunks AS c JOIN vins AS v ON v.vin = c.vin;",
 }
-# (vin, name, the declared coding...): a signal's id, and its coding when a batch declares another one.
-DECLARE_SIGNALS = (
-    f"INSERT INTO signals (vin, name, {', '.join(_DECLARED)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-    f"ON CONFLICT (vin, name) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _DECLARED)} "
-    f"WHERE ({', '.join(_DECLARED)}) IS NOT ({', '.join(f'excluded.{c}' for c in _DECLARED)})"
-)
-SELECT_DECLARED = f"SELECT name, {', '.join(_DECLARED)} FROM signals WHERE vin = ? ORDER BY name"
-INSERT_COLUMNS = "INSERT INTO chunk_columns VALUES (?, ?, ?, ?, ?)"
-# (vin, first - max_span, last, first, id, rate_num, rate_den): the other chunks of a vin's segments of
-# that rate that overlap [first, last] (ticks of that rate)
-OVERLAPPING = (
-    "SELECT id, first_tick, last_tick, ticks FROM chunks WHERE vin = ?1 AND first_tick BETWEEN ?2 AND ?3 "
-    "AND last_tick >= ?4 AND sample_count > 0 AND id != ?5 AND boot_id IN "
-    "(SELECT boot_id FROM boots WHERE vin = ?1 AND rate_num = ?6 AND rate_den = ?7)"
-)
-BOOT_RATES = "SELECT boot_id, rate_num, rate_den FROM boots WHERE vin = ?"
-VIN_RATES = "SELECT DISTINCT rate_num, rate_den FROM boots WHERE vin = ?"
-
-STATS_TOTALS = (
-    "SELECT vin, count(*), sum(sample_count), sum(values_stored), sum(overlaps) FROM chunks GROUP BY vin"
-)
-STATS_RUNS = (  # runs of consecutive stored seqs, per boot
-    "SELECT vin, boot_id, min(seq), max(seq) FROM (SELECT vin, boot_id, seq, "
-    "seq - row_number() OVER (PARTITION BY vin, boot_id ORDER BY seq) AS run FROM chunks) "
-    "GROUP BY vin, boot_id, run"
-)
-STATS_EVICTED = "SELECT vin, boot_id, first_seq, last_seq FROM gaps WHERE reason = 'evicted'"
+DECLARE_SIGNALS = Dialect.DECLARE_SIGNALS
+SELECT_DECLARED = Dialect.SELECT_DECLARED
 
 
 def range_query(signals: int, by_rate: bool = False) -> str:
@@ -128,6 +106,17 @@ def range_query(signals: int, by_rate: bool = False) -> str:
         "AND c.first_tick BETWEEN ?2 - (SELECT max_span FROM vins WHERE vin = ?1) AND ?3 "
         f"{segment}ORDER BY c.first_tick, c.id"
     )
+
+
+class SqliteDialect(Dialect):
+    """SQLite's statements: the standard ones, and its range read (numbered parameters)."""
+
+    def range_query(
+        self, vin: str, ids: Sequence[int], bounds: tuple[int, int], rate: Fraction, span: tuple[bool, int]
+    ) -> tuple[str, list[Any]]:
+        segmented = span[0]  # the span: read again in the statement, the same snapshot
+        rated = [rate.numerator, rate.denominator] if segmented else []
+        return range_query(len(ids), segmented), [vin, *bounds, *rated, *ids]
 
 
 def upgrades(path: str, version: int, *, readonly: bool) -> list[str]:

@@ -35,6 +35,7 @@ class VinStats:
     values: int = 0  # values stored
     overlaps: int = 0  # values skipped: another boot's chunk held that (signal, tick) first
     evicted: int = 0  # chunks the agent reported evicted by its buffer cap
+    expired: int = 0  # chunks the receiver's retention deleted (store.retention_days)
     missing: list[tuple[bytes, int, int]] = field(default_factory=list)  # (boot, first, last) unexplained
 
 
@@ -145,19 +146,27 @@ def missing_runs(stored: Runs, explained: Runs) -> list[tuple[int, int]]:
 
 
 def summarize(
-    vins: Iterable[str], totals: Iterable[Any], runs: Iterable[Any], evicted: Iterable[Any]
+    vins: Iterable[str], totals: Iterable[Any], runs: Iterable[Any], gaps: Iterable[Any]
 ) -> list[VinStats]:
     """Per-vin stats from the store's rows: (vin, chunks, samples, values, overlaps) totals, (vin, boot,
-    first, last) runs of stored seqs and (vin, boot, first, last) eviction notices."""
+    first, last) runs of stored seqs and (vin, boot, first, last, reason) gap notices: ``evicted`` by the
+    agent's buffer cap, ``expired`` by the receiver's retention; both explain a run not stored."""
     result = {vin: VinStats(vin) for vin in vins}
     for vin, chunks, samples, values, overlaps in totals:
         entry = result.setdefault(vin, VinStats(vin))
         entry.chunks, entry.samples, entry.values, entry.overlaps = chunks, samples, values, overlaps
     explained: dict[tuple[str, bytes], list[tuple[int, int]]] = {}
-    for vin, boot, first, last in evicted:
+    by_reason: dict[tuple[str, str], dict[bytes, list[tuple[int, int]]]] = {}
+    for vin, boot, first, last, reason in gaps:
         explained.setdefault((vin, boot), []).append((first, last))
-    for (vin, _), ranges in explained.items():
-        result.setdefault(vin, VinStats(vin)).evicted += sum(b - a + 1 for a, b in merge_runs(ranges))
+        by_reason.setdefault((vin, reason), {}).setdefault(boot, []).append((first, last))
+    for (vin, reason), boots in by_reason.items():
+        count = sum(b - a + 1 for ranges in boots.values() for a, b in merge_runs(ranges))
+        entry = result.setdefault(vin, VinStats(vin))
+        if reason == "evicted":
+            entry.evicted += count
+        elif reason == "expired":
+            entry.expired += count
     stored: dict[tuple[str, bytes], list[tuple[int, int]]] = {}
     for vin, boot, first, last in runs:
         stored.setdefault((vin, boot), []).append((first, last))

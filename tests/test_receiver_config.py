@@ -44,3 +44,23 @@ def test_relative_store_path_resolves_against_the_config_file(tmp_path: Path) ->
     path.parent.mkdir()
     path.write_text("store: {path: ../var/store.sqlite}\n")
     assert load_receiver_config(path).store.path == tmp_path / "var" / "store.sqlite"
+
+
+def test_a_postgresql_store_is_a_dsn_never_beside_a_path() -> None:
+    config = parse_receiver_config("store: {dsn: 'postgresql://edge:pw@db/telemetry'}\n", "r.yaml", BASE)
+    assert config.store.target == "postgresql://edge:pw@db/telemetry"
+    assert config.store.shown == "postgresql://edge:***@db/telemetry" and config.store.retention_days == 90
+    assert parse_receiver_config("", "r.yaml", BASE).store.target == Path(
+        "/var/lib/edge-receiver/store.sqlite"
+    )
+    lines = issue_lines(
+        lambda text: parse_receiver_config(text, "r.yaml", BASE),
+        "store:\n  path: /x.sqlite\n  dsn: postgresql://db/t\n",
+    )
+    assert lines == [
+        "r.yaml:3: store.dsn: is set with store.path: give one, a SQLite file (path) or a PostgreSQL URL (dsn)"
+    ]
+    (line,) = issue_lines(
+        lambda text: parse_receiver_config(text, "r.yaml", BASE), "store: {dsn: mysql://db}\n"
+    )
+    assert line.startswith("r.yaml:1: store.dsn: expected a string of postgresql://")

@@ -1,11 +1,15 @@
-"""The receiver's store on real SQLite files: dedupe by chunk id, physical values, merged export rows, first
-write wins per (signal, tick), range reads, each signal's declared coding, and the files it refuses."""
+"""The receiver's store, on real SQLite files and on a real PostgreSQL server (each test that takes the
+``store`` or ``new_target`` fixture runs on both): dedupe by chunk id, physical values, merged export rows,
+first write wins per (signal, tick), range reads, each signal's declared coding; and the SQLite files it
+upgrades or refuses."""
 
 from __future__ import annotations
 
 import math
 import random
-import tempfile
+import subprocess
+import sys
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,11 +23,16 @@ from agent.errors import StorageCorruptError, StorageError, WireError
 from agent.wire.values import ChunkData, ChunkId, Schema, SignalSpec
 from receiver.store import NotFoundError, RateConflictError, Store
 from tests.harness.batches import BOOT, C0, C1, C2, OTHER_BOOT, SCHEMA, VIN, batch, chunk, payload
+from tests.harness.postgres import Postgres, Targets
+
+FIXTURE_CHECK = HealthCheck.function_scoped_fixture  # new_target is a factory: a fresh store per example
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "store.sqlite")
+def store(new_target: Targets) -> Iterator[Store]:
+    """A fresh store, once on SQLite and once on PostgreSQL (``new_target`` in tests/conftest.py)."""
+    with Store(new_target()) as fresh:
+        yield fresh
 
 
 def test_round_trip_stores_physical_values(store: Store) -> None:
@@ -168,10 +177,11 @@ def test_garbage_file_is_a_corrupt_store_naming_the_path(tmp_path: Path) -> None
         Store(path)
 
 
-def test_readers_see_a_second_connection_s_commits(tmp_path: Path) -> None:
-    writer = Store(tmp_path / "s.sqlite")
+def test_readers_see_a_second_connection_s_commits(new_target: Targets) -> None:
+    target = new_target()
+    writer = Store(target)
     writer.store_batch(batch([C0]))
-    with Store(tmp_path / "s.sqlite", readonly=True) as reader:
+    with Store(target, readonly=True) as reader:
         assert reader.stats()[0].chunks == 1
     writer.close()
 
@@ -197,15 +207,39 @@ def small_chunk(index: int, presence: list[bool]) -> ChunkData:
     )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+DELIVERIES = given(
     presences=st.lists(st.lists(st.booleans(), min_size=1, max_size=6), min_size=1, max_size=6),
     extra=st.lists(st.integers(0, 5), max_size=8),
     order=st.randoms(use_true_random=False),
     batch_size=st.integers(1, 4),
 )
+# PostgreSQL runs the same logic through its dialect: fewer examples (0.1 s each, a store emptied each time).
+PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, FIXTURE_CHECK])
+
+
+@settings(PROPERTY, max_examples=60)
+@DELIVERIES
 def test_any_delivery_order_stores_the_union_once(
-    presences: list[list[bool]], extra: list[int], order: random.Random, batch_size: int
+    tmp_path: Path, presences: list[list[bool]], extra: list[int], order: random.Random, batch_size: int
+) -> None:
+    union_once(Targets(tmp_path, None), presences, extra, order, batch_size)
+
+
+@settings(PROPERTY, max_examples=25)
+@DELIVERIES
+def test_any_delivery_order_stores_the_union_once_on_postgresql(
+    tmp_path: Path,
+    postgres: Postgres,
+    presences: list[list[bool]],
+    extra: list[int],
+    order: random.Random,
+    batch_size: int,
+) -> None:
+    union_once(Targets(tmp_path, postgres), presences, extra, order, batch_size)
+
+
+def union_once(
+    targets: Targets, presences: list[list[bool]], extra: list[int], order: random.Random, batch_size: int
 ) -> None:
     chunks = [small_chunk(index, presence) for index, presence in enumerate(presences)]
     deliveries = list(range(len(chunks))) + [i % len(chunks) for i in extra]
@@ -215,7 +249,7 @@ def test_any_delivery_order_stores_the_union_once(
         for position, tick in enumerate(c.ticks):
             a, b = c.columns[0][position], c.columns[1][position]
             expected[tick] = [None if a is None else a * 3, b]
-    with tempfile.TemporaryDirectory() as folder, Store(Path(folder) / "p.sqlite") as store:
+    with Store(targets.emptied()) as store:
         new = duplicates = 0
         for start in range(0, len(deliveries), batch_size):
             group = [chunks[i] for i in deliveries[start : start + batch_size]]
@@ -292,10 +326,34 @@ def boot_chunks(draw: st.DrawFn) -> list[ChunkData]:
     return chunks
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(chunks=boot_chunks(), order=st.randoms(use_true_random=False), size=st.integers(1, 3), data=st.data())
+REPLAYS = given(
+    chunks=boot_chunks(), order=st.randoms(use_true_random=False), size=st.integers(1, 3), data=st.data()
+)
+
+
+@settings(PROPERTY, max_examples=80)
+@REPLAYS
 def test_first_stored_value_wins_per_signal_and_tick(
-    chunks: list[ChunkData], order: random.Random, size: int, data: st.DataObject
+    tmp_path: Path, chunks: list[ChunkData], order: random.Random, size: int, data: st.DataObject
+) -> None:
+    first_wins(Targets(tmp_path, None), chunks, order, size, data)
+
+
+@settings(PROPERTY, max_examples=25)
+@REPLAYS
+def test_first_stored_value_wins_per_signal_and_tick_on_postgresql(
+    tmp_path: Path,
+    postgres: Postgres,
+    chunks: list[ChunkData],
+    order: random.Random,
+    size: int,
+    data: st.DataObject,
+) -> None:
+    first_wins(Targets(tmp_path, postgres), chunks, order, size, data)
+
+
+def first_wins(
+    targets: Targets, chunks: list[ChunkData], order: random.Random, size: int, data: st.DataObject
 ) -> None:
     deliveries = chunks + [
         chunks[i] for i in data.draw(st.lists(st.integers(0, len(chunks) - 1), max_size=4))
@@ -316,7 +374,7 @@ def test_first_stored_value_wins_per_signal_and_tick(
                     held.setdefault((index, tick), spec.to_physical(raw))
                     values, overlaps = values + fresh, overlaps + (not fresh)
     expected = [(t, [held.get((0, t)), held.get((1, t))]) for t in sorted(ticks)]
-    with tempfile.TemporaryDirectory() as folder, Store(Path(folder) / "p.sqlite") as store:
+    with Store(targets.emptied()) as store:
         for start in range(0, len(deliveries), size):
             store.store_batch(batch(deliveries[start : start + size], schema=MIXED))
         (stats,) = store.stats()
@@ -363,3 +421,17 @@ def test_a_store_of_version_2_is_upgraded_by_a_writer_and_read_as_it_is(tmp_path
     with Store(path, readonly=True) as reader:
         assert len(reader.declared(VIN)) == 3 and reader.stats()[0].chunks == 2
         assert [tick for tick, _ in reader.rows(VIN, ["Engine.Rpm"])] == list(range(7))
+
+
+def test_writers_opening_a_new_file_together_all_open(tmp_path: Path) -> None:
+    """Receivers started together (and each one's retention pass) open one new file at once: SQLite answers
+    some of them BUSY without waiting (the switch to WAL); every one must still open, none exit 2."""
+    opener = "import sys\nfrom receiver.store import Store\nwith Store(sys.argv[1]):\n    pass\n"
+    for attempt in range(4):
+        path = tmp_path / f"store-{attempt}.sqlite"
+        processes = [
+            subprocess.Popen([sys.executable, "-c", opener, str(path)], stderr=subprocess.PIPE, text=True)
+            for _ in range(6)
+        ]
+        errors = [p.communicate(timeout=60)[1] for p in processes]
+        assert all(p.returncode == 0 for p in processes), errors

@@ -111,6 +111,31 @@ def test_without_acks_nothing_is_deleted_and_everything_is_resent(broker: Broker
         peer.close()
 
 
+def test_batches_say_which_chunks_waited_in_the_buffer(broker: Broker, filled: Path) -> None:
+    """Backlog (issue 11): the chunks held when the connection came up, and a resend; live: a chunk
+    committed after the last publish, sent in the next batch."""
+    acks_on = threading.Event()
+    peer = FakeReceiver(broker, policy=lambda n: acks_on.is_set())
+    uploader, wake = start_uploader(broker, filled, ack_timeout_s=0.5, max_batch_bytes=200)
+    try:
+        wait_for(lambda: uploader.counters.resends >= 1)  # the 30 chunks held at connect, and sent again
+        acks_on.set()
+        wait_for(lambda: backlog(filled) == 0)
+        assert all(b.backlog_chunks == len(b.chunks) > 0 for b in peer.batches)
+        seen = len(peer.batches)
+        buffer = Buffer(filled)
+        buffer.append(buffer.schema_id(SCHEMA), sealed(b"D" * 16, 2))
+        buffer.close()
+        wake.set()  # as the pipeline does after a commit
+        wait_for(lambda: len(peer.batches) > seen and backlog(filled) == 0)
+        fresh = peer.batches[seen]
+        assert [c.seq for c in fresh.chunks] == [0, 1] and fresh.backlog_chunks == 0
+        assert all(c.sealed_at_ms > 0 for c in fresh.chunks)  # stamped at seal, inside the stored bytes
+    finally:
+        uploader.stop()
+        peer.close()
+
+
 def test_broker_restart_goes_offline_then_drains(broker: Broker, buffer_path: Path) -> None:
     uploader, wake = start_uploader(broker, buffer_path)
     peer = FakeReceiver(broker)

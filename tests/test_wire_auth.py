@@ -112,11 +112,15 @@ def test_garbage_is_a_wire_error() -> None:
         auth.verify(b"\xff\xff\xff", KEY, VIN)
 
 
-# Golden: the signed envelopes, byte for byte (sha256), under FLEET.
+# Golden: the signed envelopes, byte for byte (sha256), under FLEET. The batch was re-pinned for wire
+# version 2 (batches are sent at version 2; its chunk has no seal time, so only the envelope's version
+# byte changed): with the version set back to 1 it is the version-1 pin, MAC included, since the MAC does
+# not cover the version (test_a_version_1_batch_keeps_its_mac).
 GOLDEN = {
     "ack": "2292b182d793970e789ccde46ac4294177646194f509cfac71698e8be02ba2f9",
-    "batch-zlib": "b70ead3e466a670911edb866c3f3eb4d34c828274a0fede942202043a28a03c8",
+    "batch-zlib": "61e4b4a4a4e6ec36be38e9432baa34405355d6a890190777fd6a46870237c8c8",
 }
+GOLDEN_VERSION_1_BATCH = "b70ead3e466a670911edb866c3f3eb4d34c828274a0fede942202043a28a03c8"
 
 
 def test_signed_envelopes_are_the_pinned_ones() -> None:
@@ -129,3 +133,13 @@ def test_signed_envelopes_are_the_pinned_ones() -> None:
 
 
 MAC_OF_EMPTY = "adf9af95fcae2437fef80aac309e060a"
+
+
+def test_a_version_1_batch_keeps_its_mac() -> None:
+    signed = pb.Envelope.FromString(auth.sign(batch("zlib"), KEY, VIN))
+    assert signed.version == 2
+    signed.version = 1  # what an agent before wire version 2 sent, byte for byte
+    old = signed.SerializeToString()
+    assert hashlib.sha256(old).hexdigest() == GOLDEN_VERSION_1_BATCH
+    auth.verify(old, KEY, VIN)
+    assert wire.decode_batch(old).chunks[0].sealed_at_ms == 0

@@ -4,6 +4,15 @@ The digests were taken from the codec before it was rearranged into :mod:`agent.
 change to a byte of a stored chunk, a batch (packed or as stored), an ack or a status fails here. A
 deliberate change of the wire format bumps ``WIRE_VERSION`` and re-pins these values in the same commit.
 
+Re-pinned for wire version 2 (issue 11: latency), deliberately: chunks carry their seal time
+(``sealed_at_ms``, inside the stored chunk; in a packed batch as differences) and a batch says how many of
+its first chunks are backlog (``backlog_chunks``); batches are sent at envelope version 2, acks and
+statuses still at 1 (their pins did not change). Chunks 0-4 are stamped (chunk 4 earlier than chunk 3: a
+negative difference), chunk 5 is not, as a version-1 agent stored it: its pin is the version-1 one,
+unchanged. ``DECODED`` changed for every batch because a decoded chunk now shows its seal time. The
+version-1 packed batch is pinned too (``VERSION_1``: the pre-issue-11 pin, byte for byte): this side still
+reads it, with no seal times (latency unknown).
+
 The inputs cover each kind of column: lossless and lossy integers, every predictor, steady ones, a float signal with
 NaN and infinities, angles (one with an out-of-range marker sent exactly), a discrete signal with absent
 runs, 64-bit raw values; chunks with jitter, a gap and a refresh at 30 s; batches of one chunk, of
@@ -15,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from dataclasses import replace
 from fractions import Fraction
 
 import pytest
@@ -78,19 +88,23 @@ def column(kind: int, ticks: list[int]) -> list[RawValue | None]:
     return out
 
 
-def chunk(seq: int, ticks: list[int], schema: Schema = SCHEMA, boot: bytes = BOOT) -> ChunkData:
-    return ChunkData(boot, seq, ticks, [column(kind, ticks) for kind in range(len(schema.signals))])
+def chunk(
+    seq: int, ticks: list[int], schema: Schema = SCHEMA, boot: bytes = BOOT, sealed: int = 0
+) -> ChunkData:
+    return ChunkData(boot, seq, ticks, [column(kind, ticks) for kind in range(len(schema.signals))], sealed)
 
 
+SEALED = 1_700_000_000_000  # ms since the epoch
 CHUNKS = [
-    chunk(0, list(range(0, 50))),
-    chunk(1, [50, 51, 53, 54, 55, 58, *range(60, 100)]),  # jitter and a gap
-    chunk(2, list(range(100, 150))),
-    chunk(3, [150]),  # a single sample
-    chunk(4, list(range(1600, 1650))),  # 30 s after the first: a refresh
-    chunk(0, list(range(2000, 2020)), boot=OTHER_BOOT),  # a new boot
+    chunk(0, list(range(0, 50)), sealed=SEALED),
+    chunk(1, [50, 51, 53, 54, 55, 58, *range(60, 100)], sealed=SEALED + 1000),  # jitter and a gap
+    chunk(2, list(range(100, 150)), sealed=SEALED + 2003),
+    chunk(3, [150], sealed=SEALED + 2004),  # a single sample
+    chunk(4, list(range(1600, 1650)), sealed=SEALED + 1999),  # a refresh; sealed earlier (a clock step)
+    chunk(0, list(range(2000, 2020)), boot=OTHER_BOOT),  # a new boot, not stamped (a version-1 agent's)
 ]
 BLOBS = [wire.encode_chunk(SCHEMA, c) for c in CHUNKS]
+UNSTAMPED = [wire.encode_chunk(SCHEMA, replace(c, sealed_at_ms=0)) for c in CHUNKS]
 EVICTED = [(BOOT, 7, 9), (OTHER_BOOT, 0, 0)]
 OVERFLOW_SCHEMA = Schema(Fraction(50), (SignalSpec("Big.Value"),))
 OVERFLOW = [  # each chunk fits 64 bits; the stream would not: 2^62 - (-2^62) = 2^63
@@ -105,7 +119,9 @@ def payloads() -> dict[str, bytes]:
         "schema": wire.schema_bytes(SCHEMA),
         **{f"chunk {index}": blob for index, blob in enumerate(BLOBS)},
         "batch of one": wire.encode_batch("VIN1", SCHEMA, BLOBS[:1], compress="none"),
-        "packed batch": wire.encode_batch("VIN1", SCHEMA, BLOBS, EVICTED, 1234.5, compress="none"),
+        "packed batch": wire.encode_batch(
+            "VIN1", SCHEMA, BLOBS, EVICTED, 1234.5, compress="none", backlog_chunks=2
+        ),
         "notices alone": wire.encode_batch("VIN1", SCHEMA, [], EVICTED, 99.0, compress="none"),
         "unfit chunk": wire.encode_batch(
             "VIN1", SCHEMA, [wire.encode_chunk(NARROW, chunk(9, [5, 6, 7], NARROW))], compress="none"
@@ -134,36 +150,36 @@ def payloads() -> dict[str, bytes]:
 # name: (length, sha256 of the bytes); the short ones also in full, to read a failure at a glance
 GOLDEN: dict[str, tuple[int, str]] = {
     "ack": (80, "3a55f6a4a9ae062325c16cba91bd1ff2ee8e0f0b8100439cece4af83111b72f9"),
-    "batch of one": (1348, "1c01c4a88c740bec66acad3687e0f268c9e6a0b5d909370900d30d0153418972"),
-    "chunk 0": (923, "0bdae42a5b58c31598ecb2503dea34fcc433b8c55024d9d9871d34572c6f17ec"),
-    "chunk 1": (844, "627fb35bf88b131d25a03475ca656b42d4e4b26697655753d0998442bdef2476"),
-    "chunk 2": (894, "7d7e82ffd5440e2c3946feb04548014b9190265dd4788c4b94b522c56abbb954"),
-    "chunk 3": (75, "d1dd3c1bda2f06c7768c7905c1e1d0c92157503c712bcd46cb17bb6619e22ada"),
-    "chunk 4": (911, "a4435fd3e19f2bf67dc3df8e5b6e5bc1bd0e8d2cb6889e92650f66c6b350f6b5"),
+    "batch of one": (1356, "c06fa66b647946bd356ed829870b02b1ac82c8d06d5a9bd10c763831ff1d3b5a"),
+    "chunk 0": (930, "abdeb765301e70689742f16ce704c86db7800dea5d5a106e6a31610f1aa97e81"),
+    "chunk 1": (851, "ab086156c27b1a725415ea0d1df7dd801f6c1b9afbaa17e0ea33c7b7d99715a1"),
+    "chunk 2": (901, "359b4b383d7775c2a71187976655d029c465f746fa4e96d2965127f7d3b61e6d"),
+    "chunk 3": (82, "e51305bf43a123e3b4a5cc945eaa4fba237df40a4f7e513d03bdbb38800292f0"),
+    "chunk 4": (918, "908ddac3c1cefc8fac11e506b6765bae701b767672961c5a9570d5c7b9762b2e"),
     "chunk 5": (387, "8f8eaaf27ec8f5b0615850d2642f3b698785709201e6494310208d52803511d9"),
-    "notices alone": (397, "70c1f3b22d0262fce4d5cc5194c1fecbacfa155c39b20f61843059cfe2be2238"),
-    "overflowing stream": (130, "81126718bbe9dca9571b87194d04e05fc315759bc6106929b40b0ac20e2179a0"),
-    "packed batch": (4534, "6ed4552e110969028acbeb6e6d78ac047d060db67d60fe21fb82abe54c2242fa"),
+    "notices alone": (397, "c89cf31812c0a5dbf3257b1267c72df347c25f99cff52a897709a172b940a0de"),
+    "overflowing stream": (130, "a108f7dae7d7421fb3ceb12c994ad1c3d71558ff980860441027dcdd50f92319"),
+    "packed batch": (4556, "70b0196d81a93fe2b885b0c01ab6165833f7fc4cfc6f3719b238f7a6d174ac0e"),
     "schema": (304, "0c5a1bd7240ee93b253123ce29649ec7292f8f85964589fc0ad04e28f8b47413"),
     "status": (66, "029acdeb2d9d089554e546156a3ca33706e1fe048786f9f1228d3299ff4efc5c"),
-    "unfit chunk": (360, "95f1f976547d71fe93f3a07cdbb8382b9b27aee53cbf09bc9c2d858af5754318"),
+    "unfit chunk": (360, "078508ff6c4fc08556f770d54299a1a8954986793d6eff6240510c6c88e7593a"),
 }
 SHORT: dict[str, str] = {
     "ack": "08011002224a0a0456494e3112160a10000102030405060708090a0b0c0d0e0f1001180212120a10101112131415161718191a1b1c1d1e1f1a160a10000102030405060708090a0b0c0d0e0f10071809",
-    "chunk 3": "0a10000102030405060708090a0b0c0d0e0f100318ac0220013a158a55920b0a06a008b20ce0a792808040e90102804b420b01010001010101010101014a0c1a08dbb66ddbb66d35403802",
+    "chunk 3": "0a10000102030405060708090a0b0c0d0e0f100318ac0220013a158a55920b0a06a008b20ce0a792808040e90102804b420b01010001010101010101014a0c1a08dbb66ddbb66d3540380250d4df95ffbc31",
     "status": "08011003223c0a0456494e311208445241494e494e47180c20d80428b9603100000000000029403900001040fc54d94140034a05312e322e335100006040fc54d941",
 }
 # the packed batch compressed: the output is the library's own, pinned for (library version, digest)
 COMPRESSED: dict[str, tuple[str, str]] = {
-    "zlib": ("1.2.13", "21c1f1afe16cf7b6f62510336f5eddb243369b75fff8e5529ce585aed2434830"),
-    "zstd": ("1.5.7", "a02c67660f1e0da88d001d294af3f4977622b2fb40f3cedbb56a0486020bb0c7"),
+    "zlib": ("1.2.13", "c1e86db56bb1c6a2021fb7bb9d491517064a3507e86dec5f156ac70fa1ab091a"),
+    "zstd": ("1.5.7", "8ad82ea348ea92fa3863bebac9951ed4fa1e790d2f45f90965aa83b00d31e387"),
 }
 # sha256 of repr(decode_batch(...)): every value, tick and id as decoded
 DECODED: dict[str, str] = {
-    "batch of one": "2a2a20900d9d46e4cac9243ffedb1c864936d059470b5ad7d927b33773a40ca0",
-    "packed batch": "538034174edfeed3f8f290712fa88ecd4462cc660fb0518b0c80f312319c460d",
-    "notices alone": "e9c8b099ac4785c84f8313bef9f3f15654e62afe13881547c70ef582e223ecc7",
-    "overflowing stream": "9d01b050820df844e0299560087c9d1456ec4911b8ae3aa356100fce89607599",
+    "batch of one": "1f74cf606db087f7758dd1e84673afe163d2ef6a5b54ed33a8b1f40e0d3da9d2",
+    "packed batch": "8512d2cf9dcc6d9c4f7fe5b8fffe82628e31fed6d23f4369e1fd7421c9ff4d46",
+    "notices alone": "ed746f2935897e3964be895f9e6d0657b1e9c892fce057553b9adff15b00cfeb",
+    "overflowing stream": "a4c4aa488df8bb32567e4cc4f8e7731ba9f00c1a21d41fe0d91a6d586989ba90",
 }
 
 
@@ -193,7 +209,9 @@ def test_compressed_batches_are_the_pinned_ones(compression: str) -> None:
     here = ".".join(map(str, zstandard.ZSTD_VERSION)) if compression == "zstd" else zlib.ZLIB_RUNTIME_VERSION
     if library != here:
         pytest.skip(f"pinned with {compression} {library}, this is {here}: the other checks still hold")
-    payload = wire.encode_batch("VIN1", SCHEMA, BLOBS, EVICTED, 1234.5, compress=compression)
+    payload = wire.encode_batch(
+        "VIN1", SCHEMA, BLOBS, EVICTED, 1234.5, compress=compression, backlog_chunks=2
+    )
     assert digest(payload) == expected
     assert repr(wire.decode_batch(payload)) == repr(wire.decode_batch(payloads()["packed batch"]))
 
@@ -202,6 +220,30 @@ def test_compressed_batches_are_the_pinned_ones(compression: str) -> None:
 def test_pinned_batches_decode_to_the_pinned_values(name: str) -> None:
     decoded = wire.decode_batch(payloads()[name])
     assert digest(repr(decoded).encode()) == DECODED[name]
+
+
+def version_1_packed_batch() -> bytes:
+    """The packed batch as an agent before wire version 2 sent it: no seal times, no backlog count."""
+    envelope = pb.Envelope.FromString(
+        wire.encode_batch("VIN1", SCHEMA, UNSTAMPED, EVICTED, 1234.5, compress="none")
+    )
+    envelope.version = 1
+    return envelope.SerializeToString()
+
+
+# the packed batch's pin before wire version 2 (issue 11), unchanged
+VERSION_1 = (4534, "6ed4552e110969028acbeb6e6d78ac047d060db67d60fe21fb82abe54c2242fa")
+
+
+def test_a_version_1_batch_is_still_read_without_seal_times() -> None:
+    data = version_1_packed_batch()
+    assert (len(data), digest(data)) == VERSION_1
+    old, new = wire.decode_batch(data), wire.decode_batch(payloads()["packed batch"])
+    assert [c.sealed_at_ms for c in old.chunks] == [0] * len(CHUNKS) and old.backlog_chunks == 0
+    assert [c.sealed_at_ms for c in new.chunks] == [c.sealed_at_ms for c in CHUNKS]
+    assert new.backlog_chunks == 2
+    assert repr([replace(c, sealed_at_ms=0) for c in new.chunks]) == repr(old.chunks)
+    assert UNSTAMPED[5] == BLOBS[5]  # an unstamped chunk: the bytes a version-1 agent stored
 
 
 def test_pinned_chunks_decode_like_the_batch_that_carries_them() -> None:

@@ -41,6 +41,31 @@ def test_a_batch_carries_its_header() -> None:
     assert wire.decode_batch(wire.encode_batch("VIN7", schema, [], evicted)).chunks == []
 
 
+def test_versions_batches_at_2_acks_and_statuses_at_1_and_reads_both() -> None:
+    schema = schema_of(SignalSpec("M.s"))
+    blobs = [
+        wire.encode_chunk(schema, ChunkData(BOOT, n, [n], [[n]], 1_700_000_000_000 + n)) for n in range(3)
+    ]
+    payload = wire.encode_batch("V", schema, blobs, backlog_chunks=2)
+    assert pb.Envelope.FromString(payload).version == 2
+    assert pb.Envelope.FromString(wire.encode_ack("V", [ChunkId(BOOT, 0)])).version == 1
+    assert pb.Envelope.FromString(wire.encode_status(pb.Status(vin="V"))).version == 1
+    got = wire.decode_batch(payload)
+    assert got.backlog_chunks == 2 and [c.sealed_at_ms for c in got.chunks] == [
+        1_700_000_000_000 + n for n in range(3)
+    ]
+    newer = pb.Envelope.FromString(payload)
+    newer.version = 3
+    with pytest.raises(WireError, match="wire version 3 is not supported"):
+        wire.decode_batch(newer.SerializeToString())
+    with pytest.raises(ValueError, match="backlog_chunks 4"):
+        wire.encode_batch("V", schema, blobs, backlog_chunks=4)
+    body = pb.Batch.FromString(messages._open_envelope(payload, pb.BODY_KIND_BATCH))
+    body.backlog_chunks = 4  # more than the batch holds: garbage
+    with pytest.raises(WireError, match="4 backlog chunks of its 3"):
+        wire.decode_batch(messages.envelope(pb.BODY_KIND_BATCH, body.SerializeToString(), compress=False))
+
+
 def test_ack_ranges_fold_and_round_trip() -> None:
     ids = [ChunkId(b"a", 1), ChunkId(b"a", 2), ChunkId(b"a", 3), ChunkId(b"b", 0), ChunkId(b"a", 9)]
     vin, ranges = wire.decode_ack(wire.encode_ack("V", ids))

@@ -119,3 +119,23 @@ def heads(counts: list[int]) -> dict[str, list[int] | list[bytes]]:
 def test_inconsistent_packed_batches_are_refused(layout: pb.Packed, reason: str) -> None:
     with pytest.raises(WireError, match=reason):
         wire.decode_batch(packed_payload(layout, "M.s"))
+
+
+def test_seal_times_travel_as_differences_and_decode_as_stored() -> None:
+    schema = schema_of(SignalSpec("M.s"))
+    stamps = [1_700_000_000_000, 1_700_000_001_000, 1_699_999_999_999, 0]  # a step back; an unstamped one
+    stored = [ChunkData(BOOT, n, [n], [[n]], stamp) for n, stamp in enumerate(stamps)]
+    blobs = [wire.encode_chunk(schema, chunk) for chunk in stored]
+    layout = packed.pack(schema, blobs)
+    assert layout is not None and list(layout.sealed_at_ms) == [stamps[0], 1000, -1001, -stamps[2]]
+    assert wire.decode_batch(wire.encode_batch("V", schema, blobs)).chunks == stored
+    unstamped = [ChunkData(BOOT, n, [n], [[n]]) for n in range(3)]
+    layout = packed.pack(schema, [wire.encode_chunk(schema, chunk) for chunk in unstamped])
+    assert layout is not None and not layout.sealed_at_ms  # none stamped: nothing on the wire
+
+
+@pytest.mark.parametrize("stamps", [[5], [5, 6, 7], [5, -6]])
+def test_seal_times_of_another_length_or_negative_are_refused(stamps: list[int]) -> None:
+    layout = pb.Packed(**heads([1, 1]), columns=[pb.Column()], sealed_at_ms=stamps)  # type: ignore[arg-type]
+    with pytest.raises(WireError, match="seal times"):
+        wire.decode_batch(packed_payload(layout, "M.s"))

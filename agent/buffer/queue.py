@@ -186,6 +186,11 @@ class Buffer:
             self._drop_damaged(damaged)
         return out
 
+    def newest_row(self) -> int:
+        """The id of the newest chunk held (0 when none): a chunk committed later has a greater one."""
+        rows = self._run("read newest", "SELECT max(id) FROM chunks")
+        return int(rows[0][0] or 0) if rows else 0
+
     def _drop_damaged(self, row_ids: list[int]) -> None:
         log.critical("buffer_chunk_corrupt", chunks=len(row_ids), path=str(self.path))
         try:

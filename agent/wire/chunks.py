@@ -3,7 +3,8 @@
 A chunk is coded once, when it is sealed (:func:`encode_chunk`): its ticks as delta-of-delta, every
 integer signal's residuals (:mod:`agent.wire.quantizer`, closed-loop) in one flat list with a count per
 signal, and, only for the signals that need them, presence runs, floats and exactly-sent values
-(``extras``). It decodes alone (:func:`decode_chunk`). :class:`Parts` takes a stored chunk apart for
+(``extras``); and its seal time (``ChunkData.sealed_at_ms``, wire version 2; 0, not coded, when it has
+none, so an unstamped chunk is byte for byte what a version-1 agent stored). It decodes alone (:func:`decode_chunk`). :class:`Parts` takes a stored chunk apart for
 :mod:`agent.wire.packed`, which lays the chunks of a batch out signal by signal. The schema travels as a
 ``pb.Schema``: stored once beside the chunks (:func:`schema_bytes`) and in every batch's header
 (:func:`schema_message`).
@@ -148,7 +149,11 @@ def chunk_message(schema: Schema, chunk: ChunkData) -> pb.Chunk:
     for spec, column in zip(schema.signals, chunk.columns, strict=True):
         if len(column) != count:
             raise ValueError(f"{spec.name}: {len(column)} values for {count} ticks")
-    message = pb.Chunk(boot_id=chunk.boot_id, seq=chunk.seq, sample_count=count)
+    if not 0 <= chunk.sealed_at_ms < 1 << 64:
+        raise ValueError(f"seal time {chunk.sealed_at_ms} ms is not a uint64")
+    message = pb.Chunk(
+        boot_id=chunk.boot_id, seq=chunk.seq, sample_count=count, sealed_at_ms=chunk.sealed_at_ms
+    )
     message.first_tick = chunk.ticks[0] if chunk.ticks else 0
     message.tick_dod.extend(tick_dods(chunk.ticks))
     plan = _plan(schema) if count else (None,) * len(schema.signals)
@@ -230,7 +235,7 @@ def decode_chunk(schema: Schema, message: pb.Chunk) -> ChunkData:
     values = [
         quantizer.decode(parts.coded(index), parts.count, spec) for index, spec in enumerate(schema.signals)
     ]
-    return ChunkData(bytes(message.boot_id), message.seq, ticks, values)
+    return ChunkData(bytes(message.boot_id), message.seq, ticks, values, message.sealed_at_ms)
 
 
 # --- the schema ----------------------------------------------------------------------------------------

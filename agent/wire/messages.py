@@ -1,10 +1,13 @@
 """What travels over MQTT: every payload is an ``Envelope`` around a batch, an ack or a status.
 
-The envelope carries :data:`WIRE_VERSION` (a side refuses a version it does not speak, rather than
-guess), the body's kind and its compression (:data:`COMPRESSIONS`; a batch is compressed, an ack or a
-status is not). A batch (:func:`encode_batch`) is a header (VIN, schema, eviction notices, send time)
-and the stored chunks (:mod:`agent.wire.chunks`), packed signal by signal (:mod:`agent.wire.packed`)
-when they fit the schema, else as they are. An ack names the chunks the receiver stored and the
+The envelope carries the wire version of its body's format (:data:`BODY_VERSIONS`; a side reads every
+version up to :data:`WIRE_VERSION` and refuses a newer one rather than guess), the body's kind and its
+compression (:data:`COMPRESSIONS`; a batch is compressed, an ack or a status is not). Version 2 added
+seal times to batches (``ChunkData.sealed_at_ms``, ``DecodedBatch.backlog_chunks``); acks and statuses
+are still version 1, so an agent of version 1 reads a new receiver's acks. A batch (:func:`encode_batch`)
+is a header (VIN, schema, eviction notices, send time, how many of its first chunks waited in the
+agent's buffer) and the stored chunks (:mod:`agent.wire.chunks`), packed signal by signal
+(:mod:`agent.wire.packed`) when they fit the schema, else as they are. An ack names the chunks the receiver stored and the
 eviction notices it recorded; a status is the agent's ``pb.Status``.
 
 Contract
@@ -38,7 +41,8 @@ try:
 except ImportError:  # pragma: no cover - zstandard is a dependency; a receiver without it says so
     zstandard = None
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # the newest version this side reads (and sends batches at): see proto/telemetry.proto
+BODY_VERSIONS = {pb.BODY_KIND_BATCH: 2, pb.BODY_KIND_ACK: 1, pb.BODY_KIND_STATUS: 1}  # what each is sent at
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a decompressed body past this is refused, not allocated
 COMPRESSIONS = ("zstd", "zlib", "none")
 DEFAULT_COMPRESSION = "zstd"  # chosen by measurement: see tests/harness/bench_codec.py and the README
@@ -61,7 +65,7 @@ def _compressor(compress: bool | str) -> str:
 def envelope(kind: pb.BodyKind, body: bytes, compress: bool | str) -> bytes:
     """``body`` in its envelope, compressed as asked (see :func:`encode_batch`)."""
     name = _compressor(compress)
-    wrapped = pb.Envelope(version=WIRE_VERSION, kind=kind, body=body)
+    wrapped = pb.Envelope(version=BODY_VERSIONS[kind], kind=kind, body=body)
     if name == "zlib":
         wrapped.compression, wrapped.body = pb.COMPRESSION_ZLIB, zlib.compress(body, ZLIB_LEVEL)
     elif name == "zstd":
@@ -103,8 +107,10 @@ def _open_envelope(payload: bytes, kind: pb.BodyKind) -> bytes:
         wrapped = pb.Envelope.FromString(payload)
     except DecodeError as error:
         raise WireError(f"not an envelope ({len(payload)} bytes): {error}") from error
-    if wrapped.version != WIRE_VERSION:
-        raise WireError(f"wire version {wrapped.version} is not supported (this side speaks {WIRE_VERSION})")
+    if not 1 <= wrapped.version <= WIRE_VERSION:
+        raise WireError(
+            f"wire version {wrapped.version} is not supported (this side speaks 1 to {WIRE_VERSION})"
+        )
     if wrapped.kind != kind:
         raise WireError(f"expected a {pb.BodyKind.Name(kind)}, got body kind {wrapped.kind}")
     if wrapped.compression == pb.COMPRESSION_NONE:
@@ -128,13 +134,18 @@ def _parse(message_type: type[pb.Batch] | type[pb.Ack] | type[pb.Status], body: 
 
 @dataclass
 class DecodedBatch:
-    """A batch as the receiver reads it: raw values, schema, the agent's eviction notices, send time."""
+    """A batch as the receiver reads it: raw values, schema, the agent's eviction notices, send time.
+
+    ``backlog_chunks``: how many of ``chunks`` (the first ones) had waited in the agent's buffer past an
+    earlier chance to be sent (0 from an agent before wire version 2); the others went at their first.
+    """
 
     vin: str
     schema: Schema
     chunks: list[ChunkData]
     evicted: list[tuple[bytes, int, int]]
     sent_at: float
+    backlog_chunks: int = 0
 
 
 def _varint(number: int) -> bytes:
@@ -153,15 +164,19 @@ def encode_batch(
     evicted: Iterable[tuple[bytes, int, int]] = (),
     sent_at: float = 0.0,
     compress: bool | str = True,
+    backlog_chunks: int = 0,
 ) -> bytes:
     """Stored chunks (from :func:`~agent.wire.chunks.encode_chunk`) in one payload, packed when they fit.
 
     ``compress``: ``True`` for :data:`DEFAULT_COMPRESSION`, ``False`` for none, or a name of
     :data:`COMPRESSIONS`. Chunks that do not fit ``schema`` are sent as they are, for the receiver to
-    refuse (never packed into something that would decode differently).
+    refuse (never packed into something that would decode differently). ``backlog_chunks``: how many of
+    the first chunks waited in the buffer (see :class:`DecodedBatch`).
     """
     blobs = list(chunks)
-    header = pb.Batch(vin=vin, schema=schema_message(schema), sent_at=sent_at)
+    if not 0 <= backlog_chunks <= len(blobs):
+        raise ValueError(f"backlog_chunks {backlog_chunks} is not within the batch's {len(blobs)} chunks")
+    header = pb.Batch(vin=vin, schema=schema_message(schema), sent_at=sent_at, backlog_chunks=backlog_chunks)
     for boot_id, first, last in evicted:
         header.evicted.add(boot_id=boot_id, first_seq=first, last_seq=last)
     # A serialized message field is just (tag, length, bytes), a repeated one that per element: append.
@@ -191,8 +206,10 @@ def decode_batch(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedBatc
     else:
         limits.check((chunk.sample_count for chunk in message.chunks), len(schema.signals), "batch")
         decoded = [decode_chunk(schema, chunk) for chunk in message.chunks]
+    if message.backlog_chunks > len(decoded):
+        raise WireError(f"batch says {message.backlog_chunks} backlog chunks of its {len(decoded)}")
     evicted = [(bytes(r.boot_id), r.first_seq, r.last_seq) for r in message.evicted]
-    return DecodedBatch(message.vin, schema, decoded, evicted, message.sent_at)
+    return DecodedBatch(message.vin, schema, decoded, evicted, message.sent_at, message.backlog_chunks)
 
 
 # --- acks and status -----------------------------------------------------------------------------------

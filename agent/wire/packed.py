@@ -5,8 +5,9 @@ in a row interleave every signal's statistics 60 times, which a general-purpose 
 :func:`pack` lays the same chunks out signal by signal: the chunk headers (boot id, sequence number,
 first tick, sample count, tick deltas) as differences from the previous chunk's, then one ``pb.Column``
 per signal over all the chunks (:mod:`agent.wire.packed_columns`: presence, exact values, and the
-residuals as one stream in which only each chunk's first residuals are rewritten). Packing moves stored
-integers and never re-quantizes, so every value decodes exactly as its stored chunk would.
+residuals as one stream in which only each chunk's first residuals are rewritten), and the chunks' seal
+times as differences (none when no chunk is stamped). Packing moves stored integers and never
+re-quantizes, so every value decodes exactly as its stored chunk would.
 
 Why :func:`pack` parses the stored chunks. The path from samples to the wire is: the pipeline seals a
 chunk once (:func:`agent.wire.chunks.encode_chunk`) and the buffer keeps those bytes on disk; the
@@ -60,6 +61,14 @@ def pack(schema: Schema, blobs: Sequence[bytes]) -> pb.Packed | None:
         packed.tick_dod_count.append(len(message.tick_dod))
         packed.tick_dod.extend(message.tick_dod)
         previous_boot, previous_seq, previous_tick = message.boot_id, message.seq, message.first_tick
+    sealed = [message.sealed_at_ms for message in messages]
+    if any(sealed):
+        try:  # a difference past sint64 (two seal times 2^63 ms apart: garbage) is sent as stored
+            packed.sealed_at_ms.extend(
+                after - before for before, after in zip([0, *sealed], sealed, strict=False)
+            )
+        except ValueError:
+            return None
     if sum(packed.sample_count) > MAX_BATCH_SAMPLES:
         return None
     refresh = refreshes([message.first_tick for message in messages], schema)
@@ -84,6 +93,9 @@ def unpack(schema: Schema, packed: pb.Packed, limits: Limits = DEFAULT_LIMITS) -
     if len(packed.columns) != len(schema.signals):
         raise WireError(f"packed batch: {len(packed.columns)} columns, schema has {len(schema.signals)}")
     limits.check(counts, len(schema.signals), "packed batch")
+    sealed = list(accumulate(packed.sealed_at_ms)) or [0] * len(counts)
+    if len(sealed) != len(counts) or (sealed and not 0 <= min(sealed) <= max(sealed) < 1 << 64):
+        raise WireError("packed batch: seal times of another length than the chunks, or out of range")
     boots, boot = [], b""
     for given in packed.boot_id:
         boot = given or boot
@@ -102,7 +114,8 @@ def unpack(schema: Schema, packed: pb.Packed, limits: Limits = DEFAULT_LIMITS) -
     for spec, column in zip(schema.signals, packed.columns, strict=True):
         for chunk, decoded in zip(values, unpack_column(spec, column, counts, refresh), strict=True):
             chunk.append(decoded)
+    ids = zip(boots, seqs, sealed, strict=True)
     return [
-        ChunkData(boot_id, seq, chunk_ticks, chunk_values)
-        for boot_id, seq, chunk_ticks, chunk_values in zip(boots, seqs, ticks, values, strict=True)
+        ChunkData(boot_id, seq, chunk_ticks, chunk_values, stamp)
+        for (boot_id, seq, stamp), chunk_ticks, chunk_values in zip(ids, ticks, values, strict=True)
     ]

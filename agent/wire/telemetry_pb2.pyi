@@ -162,6 +162,7 @@ class Chunk(_message.Message):
         "residual_counts",
         "residuals",
         "sample_count",
+        "sealed_at_ms",
         "seq",
         "tick_dod",
     )
@@ -173,6 +174,7 @@ class Chunk(_message.Message):
     RESIDUALS_FIELD_NUMBER: _ClassVar[int]
     RESIDUAL_COUNTS_FIELD_NUMBER: _ClassVar[int]
     EXTRAS_FIELD_NUMBER: _ClassVar[int]
+    SEALED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     boot_id: bytes
     seq: int
     first_tick: int
@@ -181,6 +183,7 @@ class Chunk(_message.Message):
     residuals: _containers.RepeatedScalarFieldContainer[int]
     residual_counts: _containers.RepeatedScalarFieldContainer[int]
     extras: _containers.RepeatedCompositeFieldContainer[Column]
+    sealed_at_ms: int
     def __init__(
         self,
         boot_id: bytes | None = ...,
@@ -191,6 +194,7 @@ class Chunk(_message.Message):
         residuals: _Iterable[int] | None = ...,
         residual_counts: _Iterable[int] | None = ...,
         extras: _Iterable[Column | _Mapping] | None = ...,
+        sealed_at_ms: int | None = ...,
     ) -> None: ...
 
 class ChunkRange(_message.Message):
@@ -206,7 +210,16 @@ class ChunkRange(_message.Message):
     ) -> None: ...
 
 class Packed(_message.Message):
-    __slots__ = ("boot_id", "columns", "first_tick", "sample_count", "seq", "tick_dod", "tick_dod_count")
+    __slots__ = (
+        "boot_id",
+        "columns",
+        "first_tick",
+        "sample_count",
+        "sealed_at_ms",
+        "seq",
+        "tick_dod",
+        "tick_dod_count",
+    )
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     FIRST_TICK_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +227,7 @@ class Packed(_message.Message):
     TICK_DOD_COUNT_FIELD_NUMBER: _ClassVar[int]
     TICK_DOD_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    SEALED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     boot_id: _containers.RepeatedScalarFieldContainer[bytes]
     seq: _containers.RepeatedScalarFieldContainer[int]
     first_tick: _containers.RepeatedScalarFieldContainer[int]
@@ -221,6 +235,7 @@ class Packed(_message.Message):
     tick_dod_count: _containers.RepeatedScalarFieldContainer[int]
     tick_dod: _containers.RepeatedScalarFieldContainer[int]
     columns: _containers.RepeatedCompositeFieldContainer[Column]
+    sealed_at_ms: _containers.RepeatedScalarFieldContainer[int]
     def __init__(
         self,
         boot_id: _Iterable[bytes] | None = ...,
@@ -230,22 +245,25 @@ class Packed(_message.Message):
         tick_dod_count: _Iterable[int] | None = ...,
         tick_dod: _Iterable[int] | None = ...,
         columns: _Iterable[Column | _Mapping] | None = ...,
+        sealed_at_ms: _Iterable[int] | None = ...,
     ) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("chunks", "evicted", "packed", "schema", "sent_at", "vin")
+    __slots__ = ("backlog_chunks", "chunks", "evicted", "packed", "schema", "sent_at", "vin")
     VIN_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     EVICTED_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     vin: str
     schema: Schema
     chunks: _containers.RepeatedCompositeFieldContainer[Chunk]
     evicted: _containers.RepeatedCompositeFieldContainer[ChunkRange]
     sent_at: float
     packed: Packed
+    backlog_chunks: int
     def __init__(
         self,
         vin: str | None = ...,
@@ -254,6 +272,7 @@ class Batch(_message.Message):
         evicted: _Iterable[ChunkRange | _Mapping] | None = ...,
         sent_at: float | None = ...,
         packed: Packed | _Mapping | None = ...,
+        backlog_chunks: int | None = ...,
     ) -> None: ...
 
 class Ack(_message.Message):

@@ -83,12 +83,17 @@ class ChunkId(NamedTuple):
 
 @dataclass
 class ChunkData:
-    """A chunk in memory: ticks and one column of raw values (``None`` = absent) per schema signal."""
+    """A chunk in memory: ticks and one column of raw values (``None`` = absent) per schema signal.
+
+    ``sealed_at_ms``: the agent's wall clock when the chunk was sealed (ms since the Unix epoch), coded
+    inside the chunk; 0 = not stamped (an agent before wire version 2), its latency unknown.
+    """
 
     boot_id: bytes
     seq: int
     ticks: list[int]
     columns: list[list[RawValue | None]]
+    sealed_at_ms: int = 0
 
     @property
     def id(self) -> ChunkId:

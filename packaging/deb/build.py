@@ -530,7 +530,7 @@ def main() -> None:
     control = (
         f"Package: {PACKAGE}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: {args.maintainer}\n"
         f"Installed-Size: {installed_size(stage)}\nDepends: {', '.join(depends)}\n"
-        f"Suggests: mosquitto, can-utils\nSection: net\nPriority: optional\nDescription: {DESCRIPTION}\n"
+        f"Suggests: mosquitto, can-utils, libpq5\nSection: net\nPriority: optional\nDescription: {DESCRIPTION}\n"
     )
     meta = stage / "DEBIAN"
     write(meta / "control", control)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent.errors import ConfigError
 from receiver.accuracy import compare, declared_bounds, format_report, parse_pair
-from receiver.store import Store
+from receiver.store import open_store
 from receiver.timeline import csv_lines
 
 HELP = "largest error per signal: the stored values beside `edge-agent sample` of the same log"
@@ -27,7 +27,9 @@ HELP = "largest error per signal: the stored values beside `edge-agent sample` o
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth", type=Path, required=True, help="`edge-agent sample` CSV of the log")
-    parser.add_argument("--db", type=Path, metavar="PATH", help="the receiver's store (values and bounds)")
+    parser.add_argument(
+        "--db", metavar="PATH|URL", help="the store (values and bounds): a SQLite file or a postgresql:// URL"
+    )
     parser.add_argument("--vin", help="the vehicle in --db")
     parser.add_argument("--export", type=Path, metavar="CSV", help="an `edge-receiver export` CSV to compare")
     parser.add_argument(
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if args.export is not None:
             received = stack.enter_context(contextlib.closing(read_lines(args.export, "export")))
         if args.db is not None:
-            store = stack.enter_context(Store(args.db, readonly=True))
+            store = stack.enter_context(open_store(args.db, readonly=True))
             rate = store.rate(args.vin)  # an unknown vin: one line, with a "did you mean"
             bounds, angles = declared_bounds(store.declared(args.vin).values())
             if args.export is None:

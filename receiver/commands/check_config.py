@@ -20,5 +20,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_receiver_config(args.config, check_files=True)
-    print(f"{args.config}: ok (broker {config.mqtt.host}:{config.mqtt.port}, store {config.store.path})")
+    print(f"{args.config}: ok (broker {config.mqtt.host}:{config.mqtt.port}, store {config.store.shown})")
     return 0

@@ -15,9 +15,13 @@ Measured in this process, on a fresh store in a temporary folder (WAL, ``synchro
   (``time.process_time``) and wall seconds; the decode's share is timed on its own.
 - reads: ``Store.rows`` for one signal over one minute in the middle of the hour, for one signal over the
   hour and for every signal over the hour (every row consumed), best of 3, CPU seconds.
+- ingest per process on each store (:func:`ingest_rows`): the same batches into SQLite and into a
+  PostgreSQL server this module starts (:mod:`tests.harness.postgres`, durable), samples per wall second.
 
 ``python -m tests.harness.bench_receiver`` prints the table; :func:`receiver_rows` gives its rows, each
-``(measure, value, unit, note)``, for ``make bench``.
+``(measure, value, unit, note)``, for ``make bench``, with a one-day ``history`` query beside a full export of
+the day (:mod:`tests.harness.bench_history`), followed by :func:`fleet_rows` (100 vehicles at once
+through one and two receiver processes: :mod:`tests.harness.bench_fleet`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from agent.sample import Sampler, to_micros
 from agent.source import read_log
 from agent.wire.values import Schema
 from receiver.store import Store
+from tests.harness.bench_history import history_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 DBC = ROOT / "dbc" / "reference_ev.dbc"
@@ -158,6 +163,48 @@ def measure(hour: Hour, folder: Path, with_digest: bool = False) -> tuple[list[M
     return measures, hashed
 
 
+def ingest_rows(hour: Hour, folder: Path, say: Callable[[str], None], runs: int = 2) -> list[Measure]:
+    """Receiver ingest per process on each store, the same batches: ``decode_batch`` + ``store_batch`` of
+    the hour into a fresh SQLite file and into a fresh database of a PostgreSQL server started here
+    (durable: fsync and synchronous_commit on, beside SQLite's synchronous=FULL; one connection over
+    loopback TCP), best of ``runs``, in samples per wall second (PostgreSQL's own CPU is another process)."""
+    from tests.harness.postgres import Postgres, binaries  # psycopg: only when this row is measured
+
+    def rate(target: str | Path) -> tuple[float, float]:
+        with Store(target) as store:
+            cpu, wall = time.process_time(), time.perf_counter()
+            for payload in hour.payloads:
+                store.store_batch(wire.decode_batch(payload))
+            return time.perf_counter() - wall, time.process_time() - cpu
+
+    sqlite = min(rate(folder / f"ingest-{run}.sqlite") for run in range(runs))
+    if binaries() is None:
+        say("PostgreSQL is not installed (`make test` installs it): no PostgreSQL ingest row")
+        return [("receiver ingest, SQLite", hour.samples / sqlite[0], "samples/s", "wall, in-process")]
+    say(f"storing the same {len(hour.payloads)} batches in PostgreSQL (a durable server of its own)")
+    with Postgres(durable=True) as server:
+        version = server.bin.parent.name
+        postgresql = min(rate(server.database()) for _ in range(runs))
+    what = f"{hour.samples:,} samples x {len(hour.schema.signals)} signals, {len(hour.payloads)} batches"
+    return [
+        (
+            "receiver ingest, SQLite",
+            hour.samples / sqlite[0],
+            "samples/s",
+            f"{what}: decode_batch + store_batch in one process, best of {runs}, {sqlite[0]:.2f} s wall, "
+            f"{sqlite[1]:.2f} CPU s (WAL, synchronous=FULL)",
+        ),
+        (
+            "receiver ingest, PostgreSQL",
+            hour.samples / postgresql[0],
+            "samples/s",
+            f"the same batches into PostgreSQL {version} on this machine (loopback TCP, fsync on), best of "
+            f"{runs}: {postgresql[0]:.2f} s wall, receiver {postgresql[1]:.2f} CPU s "
+            f"({hour.samples / postgresql[1]:,.0f} samples per receiver CPU s)",
+        ),
+    ]
+
+
 def receiver_rows(
     log: Path = DEFAULT_LOG, progress: Callable[[str], None] | None = None, repeats: int = REPEATS
 ) -> list[Measure]:
@@ -168,7 +215,17 @@ def receiver_rows(
     say(f"storing {len(hour.payloads)} batches ({hour.samples} samples) in a fresh receiver store")
     with tempfile.TemporaryDirectory(prefix="bench-receiver-") as folder:
         measures, _ = measure(hour, Path(folder))
-    return measures
+        measures += ingest_rows(hour, Path(folder), say)  # per process, SQLite beside PostgreSQL
+        measures += history_rows(Path(folder) / "day.sqlite", progress=say)  # a day of rollups, SQLite
+    return measures + fleet_rows(say)
+
+
+def fleet_rows(progress: Callable[[str], None] | None = None) -> list[Measure]:
+    """100 vehicles at once through one, then two ``edge-receiver run`` processes (issue 11): samples/s
+    and the P95 latency from publish to ack (:mod:`tests.harness.bench_fleet`, about 30 s)."""
+    from tests.harness import bench_fleet
+
+    return bench_fleet.fleet_rows(progress)
 
 
 def print_measures(measures: Sequence[Measure]) -> None:
@@ -192,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"built the hour in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-receiver-") as folder:
         measures, hashed = measure(hour, Path(folder), args.digest)
+        measures += ingest_rows(hour, Path(folder), lambda text: print(text, file=sys.stderr))
     print(f"measured in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     print_measures(measures)
     if hashed is not None:

@@ -68,7 +68,7 @@ from typing import Any
 import apsw
 
 from agent.wire.values import PhysicalValue
-from receiver.store import Store
+from receiver.store import Store, open_store
 from receiver.timeline import write_csv
 
 ChunkKey = tuple[str, bytes, int]  # (vin, boot_id, seq)
@@ -277,27 +277,55 @@ def _ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
     return out
 
 
+class RawStore:
+    """The checker's own read-only connection to the receiver's store, beside the store's code: a SQLite
+    file (apsw) or a ``postgresql://`` URL (psycopg); ``execute`` takes ``?`` placeholders on both."""
+
+    def __init__(self, target: str | Path) -> None:
+        self.postgresql = isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+        if self.postgresql:
+            import psycopg
+
+            self._pg = psycopg.connect(str(target), autocommit=True)
+        else:
+            self._db = apsw.Connection(str(target), flags=apsw.SQLITE_OPEN_READONLY)
+            self._db.setbusytimeout(10_000)
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        if self.postgresql:
+            return self._pg.execute(sql.replace("?", "%s").encode(), params or None).fetchall()
+        return list(self._db.execute(sql, params))
+
+    def has_table(self, name: str) -> bool:
+        if self.postgresql:
+            return bool(self.execute("SELECT to_regclass(?) IS NOT NULL", (name,))[0][0])
+        return bool(self.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)))
+
+    def close(self) -> None:
+        (self._pg if self.postgresql else self._db).close()
+
+
 def check(
     history: CommitHistory,
-    store_path: Path,
+    store_path: str | Path,
     signals: list[str],
     truths: Mapping[str, str] | None = None,
 ) -> CheckResult:
-    """Check every vin of ``history`` and of the store; see the module docstring for the formulation."""
+    """Check every vin of ``history`` and of the store (a SQLite file or a ``postgresql://`` URL); see the
+    module docstring for the formulation."""
     truths = truths or {}
-    db = apsw.Connection(str(store_path), flags=apsw.SQLITE_OPEN_READONLY)
-    db.setbusytimeout(10_000)
+    db = RawStore(store_path)
     try:
         vins = sorted({vin for vin, _, _ in history.chunks} | {b.vin for b in history.boots} | set(truths))
         duplicate_samples: list[Any] = []
-        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'samples'").fetchall():  # a row per value
+        if db.has_table("samples"):  # a row per value
             duplicate_samples = db.execute(
                 "SELECT s.vin, count(*) FROM (SELECT signal_id, tick FROM samples GROUP BY signal_id, tick "
                 "HAVING count(*) > 1) d JOIN signals s ON s.id = d.signal_id GROUP BY s.vin"
-            ).fetchall()
+            )
         duplicate_chunks: list[Any] = db.execute(
             "SELECT vin, boot_id, seq, count(*) FROM chunks GROUP BY vin, boot_id, seq HAVING count(*) > 1"
-        ).fetchall()
+        )
         reports = {vin: _check_vin(vin, history, db) for vin in vins}
     finally:
         db.close()
@@ -307,7 +335,7 @@ def check(
     for vin, boot_id, seq, count in duplicate_chunks:
         if vin in reports:
             reports[vin].duplicates.append(f"chunk {bytes(boot_id).hex()}:{seq} stored {count} times")
-    with Store(store_path, readonly=True) as store:
+    with open_store(store_path, readonly=True) as store:
         known = set(store.vins())
         for entry in store.stats():
             if entry.vin in reports:
@@ -328,7 +356,7 @@ def check(
     return CheckResult(reports, list(history.conflicts))
 
 
-def _check_vin(vin: str, history: CommitHistory, db: apsw.Connection) -> VinReport:
+def _check_vin(vin: str, history: CommitHistory, db: RawStore) -> VinReport:
     report = VinReport(vin)
     stored: dict[bytes, dict[int, tuple[int | None, int | None, int, bytes | None]]] = defaultdict(dict)
     for boot_id, seq, first, last, count, ticks, values in db.execute(

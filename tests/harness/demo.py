@@ -8,6 +8,10 @@ own certificate and buffer. The broker is stopped for a while in the middle of t
 started again. At the end each vehicle's stored data is exported from the receiver and compared with
 `edge-agent sample` of the same log (what the agent should have sent): the table shows samples produced,
 stored, missing, duplicated and bytes on the wire. Exit status 1 if anything is missing or duplicated.
+
+``--store postgresql`` (``make demo STORE=postgresql``) stores into a PostgreSQL server the demo starts
+itself (:mod:`tests.harness.postgres`: initdb in a temporary folder, stopped and deleted at the end)
+instead of the SQLite file ``demo-out/receiver.sqlite``; the vehicles and the checks are the same.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from agent.commands import sample
 from agent.decode import build_decoder
 from receiver import accuracy
 from receiver.pki import Pki
-from receiver.store import Store
+from receiver.store import open_store
 from tests.harness.broker import SecureBroker
+from tests.harness.postgres import Postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 DBC = ROOT / "dbc" / "reference_ev.dbc"
@@ -123,7 +128,27 @@ def main() -> int:
     parser.add_argument("--outage-at", type=float, default=3.0, help="seconds before the broker stops")
     parser.add_argument("--outage", type=float, default=6.0, help="seconds the broker stays down")
     parser.add_argument("--out", type=Path, default=ROOT / "demo-out")
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the receiver's store (default sqlite)",
+    )
     args = parser.parse_args()
+    server = Postgres(durable=True) if args.store == "postgresql" else None
+    try:
+        if server is not None:
+            server.start()
+            say(
+                f"PostgreSQL {server.bin.parent.name} listening on 127.0.0.1:{server.port} (in {server.folder})"
+            )
+        return run_demo(args, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def run_demo(args: argparse.Namespace, server: Postgres | None) -> int:
     out: Path = args.out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -132,9 +157,10 @@ def main() -> int:
     broker = SecureBroker(pki.root)
     broker.start()
     say(f"mosquitto listening on 127.0.0.1:{broker.port}: TLS, client certificates, the generated ACL")
-    store = out / "receiver.sqlite"
+    store = out / "receiver.sqlite" if server is None else server.database()
+    where = f"path: {store}" if server is None else f"dsn: '{store}'"
     (out / "receiver.yaml").write_text(
-        f"{tls_config(pki, broker.port, 'receiver', receiver=True)}store: {{path: {store}}}\n"
+        f"{tls_config(pki, broker.port, 'receiver', receiver=True)}store: {{{where}}}\n"
         f"security: {{fleet_key_file: {pki.fleet_key}}}\nlogging: {{format: json}}\n"
     )
     receiver = subprocess.Popen(
@@ -193,7 +219,9 @@ def _bounded_only(text: str) -> str:
     return "\n".join(keep)
 
 
-def report(out: Path, store: Path, logs: dict[str, Path], agents: dict[str, subprocess.Popen[bytes]]) -> int:
+def report(
+    out: Path, store: Path | str, logs: dict[str, Path], agents: dict[str, subprocess.Popen[bytes]]
+) -> int:
     names = [s.name for s in build_decoder([("can0", [DBC], "auto")]).signals]
     print()
     header = (
@@ -230,7 +258,7 @@ def report(out: Path, store: Path, logs: dict[str, Path], agents: dict[str, subp
         figures = json.loads((out / f"{vin}.json").read_text()) if (out / f"{vin}.json").exists() else {}
         wire_bytes = int(figures.get("bytes_sent", 0))
         if vin == LOSSY:  # not byte-identical by design: every value must lie within its bound instead
-            with Store(store, readonly=True) as stored:  # the bounds its agent declared on the wire
+            with open_store(store, readonly=True) as stored:  # the bounds its agent declared on the wire
                 bounds, angles = accuracy.declared_bounds(stored.declared(vin).values())
             checked = accuracy.compare(truth, rows, bounds, angles)
             exact = checked.ok
@@ -247,7 +275,10 @@ def report(out: Path, store: Path, logs: dict[str, Path], agents: dict[str, subp
         )
     print(f"\n{LOSSY} sends at the seeds' bounds (bounds_preset: seeds); largest error per bounded signal:")
     print(_bounded_only(accuracy_text))
-    print(f"\nstored in {store} (edge-receiver export --db {store} --vin VIN); logs and buffers in {out}")
+    if isinstance(store, Path):
+        print(f"\nstored in {store} (edge-receiver export --db {store} --vin VIN); logs and buffers in {out}")
+    else:
+        print(f"\nstored in PostgreSQL, {store} (stopped and deleted now); logs and buffers in {out}")
     print(
         f"{len(names)} signals per sample; 'exact' = the export equals `edge-agent sample` byte for byte"
         " (for the lossy vehicle: every value within its bound, lossless signals exact)"
