@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import subprocess
-import sys
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -25,15 +23,14 @@ from agent.wire import auth
 from agent.wire import telemetry_pb2 as pb
 from agent.wire.messages import envelope
 from tests.harness.broker import Broker
-from tests.harness.drive import DBC, ROOT, agent_config
-from tests.harness.processes import cli, exported, receiver_yaml, running_receiver, truth
+from tests.harness.drive import DBC, agent_config
+from tests.harness.processes import cli, exported, receiver_yaml, running_receiver, start_replay, truth
 from tests.harness.uploaders import wait_for
 
 pytestmark = pytest.mark.slow
 
 VIN = "AUTH000000000001"
 OTHER = "AUTH000000000002"
-REPLAY = [sys.executable, "-m", "agent.cli", "replay"]
 
 
 def key_file(path: Path, key: bytes) -> Path:
@@ -99,12 +96,7 @@ def test_forged_acks_with_the_receiver_down_delete_nothing(
     config = agent_config(tmp_path, broker.port, VIN, real, auth_key=keys[VIN])
     report, log = tmp_path / "report.json", tmp_path / "agent.log"
     attacker = Attacker(broker)
-    with open(log, "w") as errors:
-        agent = subprocess.Popen(
-            [*REPLAY, str(real), "--config", str(config), "--report", str(report), "--drain-timeout", "90"],
-            cwd=ROOT,
-            stderr=errors,
-        )
+    agent = start_replay(real, config, log, "--report", str(report), "--drain-timeout", "90")
     try:
         boot = wire.decode_batch(attacker.batches.get(timeout=30)).chunks[0].id[0]  # boot ids travel in clear
         attacker.forge_acks(boot, keys[OTHER].read_bytes())

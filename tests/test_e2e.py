@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +11,8 @@ import pytest
 
 from agent.sim import simulate, write_log
 from tests.harness.broker import Broker
-from tests.harness.drive import DBC, ROOT, agent_config
-from tests.harness.processes import cli, exported, receiver_yaml, running_receiver, truth
+from tests.harness.drive import DBC, agent_config
+from tests.harness.processes import cli, exported, receiver_yaml, running_receiver, start_replay, truth
 
 pytestmark = pytest.mark.slow
 
@@ -54,19 +52,14 @@ def test_broker_restart_mid_drive_loses_nothing(
 ) -> None:
     config = agent_config(tmp_path, broker.port, "E2E0000000000002", drive, speed="4")
     log = tmp_path / "agent.log"
-    with open(log, "w") as errors:
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "replay", str(drive), "--config", str(config)],
-            cwd=ROOT,
-            stderr=errors,
-        )
-        deadline = time.monotonic() + 30
-        while '"state": "ONLINE"' not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        broker.stop(kill=True)  # mid-drive: the log lasts 10 s at 4x
-        time.sleep(2.0)
-        broker.start()
-        agent.wait(timeout=120)
+    agent = start_replay(drive, config, log)
+    deadline = time.monotonic() + 30
+    while '"state": "ONLINE"' not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    broker.stop(kill=True)  # mid-drive: the log lasts 10 s at 4x
+    time.sleep(2.0)
+    broker.start()
+    agent.wait(timeout=120)
     assert agent.returncode == 0, log.read_text()
     assert '"state": "OFFLINE"' in log.read_text()
     assert exported(receiver, "E2E0000000000002") == truth(drive)

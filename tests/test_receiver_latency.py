@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -28,10 +26,10 @@ from receiver.ingest import Receiver
 from receiver.store import Store
 from tests.harness.batches import BOOT, C0, C1, C2, VIN, batch, payload
 from tests.harness.broker import Broker
-from tests.harness.drive import DBC, ROOT, agent_config
+from tests.harness.drive import DBC, agent_config
 from tests.harness.peer import TIMEOUT, Peer
 from tests.harness.postgres import Targets
-from tests.harness.processes import cli, receiver_yaml, running_receiver
+from tests.harness.processes import cli, receiver_yaml, running_receiver, start_replay
 
 
 def stamped(chunk: Any, ago_s: float) -> Any:
@@ -198,25 +196,20 @@ def test_a_late_receiver_sees_the_backlog_apart_from_live_chunks(broker: Broker,
     config = agent_config(tmp_path, broker.port, vin, drive, speed="2")  # 10 s; acks time out after 3 s
     store = tmp_path / "store.sqlite"
     log = tmp_path / "agent.log"
-    with open(log, "w") as errors:
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "replay", str(drive), "--config", str(config)],
-            cwd=ROOT,
-            stderr=errors,
-        )
-        try:
-            deadline = time.monotonic() + 20
-            # No receiver yet: the batches go nowhere, the buffer fills (a backlog builds).
-            while not (tmp_path / f"{vin}.sqlite").exists() or _buffered(tmp_path / f"{vin}.sqlite") < 40:
-                assert agent.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
-            with running_receiver(
-                receiver_yaml(tmp_path / "receiver.yaml", broker.port, store), tmp_path / "r.log"
-            ):
-                agent.wait(timeout=60)
-        finally:
-            if agent.poll() is None:
-                agent.kill()
+    agent = start_replay(drive, config, log)
+    try:
+        deadline = time.monotonic() + 20
+        # No receiver yet: the batches go nowhere, the buffer fills (a backlog builds).
+        while not (tmp_path / f"{vin}.sqlite").exists() or _buffered(tmp_path / f"{vin}.sqlite") < 40:
+            assert agent.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        with running_receiver(
+            receiver_yaml(tmp_path / "receiver.yaml", broker.port, store), tmp_path / "r.log"
+        ):
+            agent.wait(timeout=60)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
     assert agent.returncode == 0, log.read_text()
     with Store(store, readonly=True) as reader:
         chunks = reader.stats()[0].chunks

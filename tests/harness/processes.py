@@ -26,6 +26,13 @@ def cli(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedPr
     )
 
 
+def start_replay(drive: Path, config: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``edge-agent replay drive --config config args`` in the background, its stderr in ``log``."""
+    with open(log, "w") as errors:
+        command = [sys.executable, "-m", "agent.cli", "replay", str(drive), "--config", str(config), *args]
+        return subprocess.Popen(command, cwd=ROOT, stderr=errors)
+
+
 def receiver_yaml(path: Path, port: int, store: Path, extra: str = "") -> Path:
     """Write a receiver config at ``path``: the broker on loopback ``port``, the store, JSON logs."""
     path.write_text(
