@@ -1,7 +1,8 @@
 """The codec of one stored column: a chunk's physical values of one signal, as the store keeps them.
 
 Contract
-- Pure functions and immutable coders, no I/O, no shared state: safe from any thread.
+- Pure functions and coders whose only state is a cache of constant columns' stored forms (a value
+  depends on the spec and the raw alone; dict writes atomic under the GIL), no I/O: safe from any thread.
 - Physical values are exactly :meth:`agent.wire.values.SignalSpec.to_physical` of the raw ones: the fast paths
   compute the same expression on a whole column (``int(raw) * int(scale) + int(offset)`` for
   integer-scaled signals, ``raw * scale + offset`` otherwise) and fall back to ``to_physical`` value by
@@ -72,7 +73,7 @@ def _typed(values: list[PhysicalValue]) -> tuple[int, bytes]:
 class ColumnCoder:
     """Encodes the raw columns of one signal into stored columns; one per signal of a batch's schema."""
 
-    __slots__ = ("_float", "_identity", "_integer", "_offset", "_scale", "spec")
+    __slots__ = ("_constants", "_float", "_identity", "_integer", "_offset", "_scale", "spec")
 
     def __init__(self, spec: SignalSpec) -> None:
         self.spec = spec
@@ -82,6 +83,9 @@ class ColumnCoder:
         self._identity = self._integer and self._scale == 1 and self._offset == 0
         # raw * (a float) is a float for any int or float raw, and so is that plus the offset.
         self._float = not self._integer and type(spec.scale) is float
+        # The stored form (kind, data) of a constant column, by its int raw value: sample-and-hold
+        # repeats the same constant chunk after chunk (ints only: 0 == -0.0 and NaN have no safe key).
+        self._constants: dict[int, tuple[int, bytes]] = {}
 
     def encode(self, column: Sequence[RawValue | None]) -> Encoded | None:
         """The stored form of one chunk's raw column, or ``None`` when every value is absent."""
@@ -94,15 +98,18 @@ class ColumnCoder:
         if (
             first is not None
             and (self._integer or (self._float and first != 0))
+            and (column[-1] is first or column[-1] == first)  # as count() compares: a cheap first look
             and column.count(first) == count
         ):
-            value = self.spec.to_physical(first)
-            if type(value) is float:
-                return FLOAT64 | CONSTANT, None, _DOUBLE(value), count
-            if type(value) is int and INT64_RANGE[0] <= value <= INT64_RANGE[1]:
-                return INT64 | CONSTANT, None, _LONG(value), count
-            kind, data = _typed([value])
-            return kind | CONSTANT, None, data, count
+            if type(first) is int:
+                known = self._constants.get(first)
+                if known is None:
+                    if len(self._constants) >= 256:
+                        self._constants.clear()
+                    known = self._constants[first] = self._constant(first)
+                return known[0], None, known[1], count
+            kind, data = self._constant(first)
+            return kind, None, data, count
         scale, offset = self._scale, self._offset
         try:
             if self._identity:
@@ -114,6 +121,16 @@ class ColumnCoder:
         except (TypeError, OverflowError):  # None, a float raw of an integer signal, past int64
             pass
         return self._general(column)
+
+    def _constant(self, raw: RawValue) -> tuple[int, bytes]:
+        """The kind and data of a column whose every value is ``raw``."""
+        value = self.spec.to_physical(raw)
+        if type(value) is float:
+            return FLOAT64 | CONSTANT, _DOUBLE(value)
+        if type(value) is int and INT64_RANGE[0] <= value <= INT64_RANGE[1]:
+            return INT64 | CONSTANT, _LONG(value)
+        kind, data = _typed([value])
+        return kind | CONSTANT, data
 
     def _general(self, column: Sequence[RawValue | None]) -> Encoded | None:
         to_physical = self.spec.to_physical

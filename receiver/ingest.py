@@ -29,6 +29,7 @@ Contract
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import signal
@@ -52,6 +53,18 @@ from receiver.store import RateConflictError, Store
 _instances = itertools.count(1)
 SUPERVISE_EVERY_S = 1.0  # one turn of the supervisor's loop: watchdog, STATUS=
 LOCK_WAIT_S = 0.5  # how long the supervisor waits for the message lock before it skips a beat
+
+
+GC_GEN0_THRESHOLD = 50_000  # allocations between collections of generation 0 (CPython's default: 700)
+
+
+def tune_gc() -> None:
+    """Collect generation 0 every :data:`GC_GEN0_THRESHOLD` allocations: one batch makes some 10^5
+    short-lived lists (values, columns), which reference counting frees; the cyclic collector walking them
+    at the default threshold took a fifth of ingest CPU (1.2x more samples per CPU second without it, in
+    ``make bench``'s hour). Process-wide, so ``edge-receiver run`` calls it, not the store."""
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 @dataclass

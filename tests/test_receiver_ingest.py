@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from agent.wire import messages
 from agent.wire import telemetry_pb2 as pb
 from agent.wire.values import Schema
 from receiver.config import ReceiverConfig, ReceiverMqttConfig, StoreConfig
-from receiver.ingest import Receiver
+from receiver.ingest import GC_GEN0_THRESHOLD, Receiver, tune_gc
 from receiver.store import Store
 from tests.harness.batches import BOOT, C0, C1, C2, SCHEMA, VIN, chunk, payload
 from tests.harness.broker import Broker
@@ -210,3 +211,13 @@ def test_stop_closes_the_store_and_a_new_receiver_resumes_it(
         assert (again.counters.chunks_new, again.counters.chunks_duplicate) == (1, 1)
     finally:
         again.stop()
+
+
+def test_tune_gc_raises_only_generation_0s_threshold() -> None:
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 11, 12)
+        tune_gc()
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, 11, 12)
+    finally:
+        gc.set_threshold(*saved)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from itertools import accumulate, pairwise, repeat
+from itertools import accumulate, islice, pairwise, repeat
 from typing import TypeVar
 
 from agent.errors import WireError
@@ -120,11 +120,10 @@ def split(
             chunks.append(quantizer.reconstruct(steps, size, spec, code))
         return chunks
     values: list[int] = []
-    at = 0
+    source, linear = iter(stream), code.predictor == "linear"
     for segment in _segments(sizes, refresh):
-        sums = accumulate(stream[at : at + segment])
-        at += segment
-        values += accumulate(sums) if code.predictor == "linear" else sums
+        sums = accumulate(islice(source, segment))
+        values += accumulate(sums) if linear else sums
     return slices(quantizer.to_values(values, 2 * spec.bound_raw + 1, code), sizes)
 
 
@@ -242,7 +241,10 @@ def unpack_column(
         parts = _unpack_integers(spec, coded, presents, refresh)
     if masks is None:
         return parts  # type: ignore[return-value]
-    return [quantizer.with_presence(m, part) for m, part in zip(masks, parts, strict=True)]
+    return [  # a chunk present throughout keeps its own (fresh) list
+        part if len(part) == len(m) else quantizer.with_presence(m, part)  # type: ignore[misc]
+        for m, part in zip(masks, parts, strict=True)
+    ]
 
 
 def _unpack_integers(

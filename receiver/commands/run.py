@@ -20,9 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from receiver.ingest import Receiver  # paho is needed by this command only
+    from receiver.ingest import Receiver, tune_gc  # paho is needed by this command only
 
     config = load_receiver_config(args.config, check_files=True)
     logs.configure(config.logging.level, config.logging.format)
+    tune_gc()
     Receiver(config).run_forever()
     return 0

@@ -27,6 +27,7 @@ through one and two receiver processes: :mod:`tests.harness.bench_fleet`).
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import os
 import sys
@@ -43,6 +44,7 @@ from agent.decode import build_decoder
 from agent.sample import Sampler, to_micros
 from agent.source import read_log
 from agent.wire.values import Schema
+from receiver.ingest import tune_gc
 from receiver.store import Store
 from tests.harness.bench_history import history_rows
 
@@ -171,6 +173,14 @@ def ingest_rows(hour: Hour, folder: Path, say: Callable[[str], None], runs: int 
     from tests.harness.postgres import Postgres, binaries  # psycopg: only when this row is measured
 
     def rate(target: str | Path) -> tuple[float, float]:
+        saved = gc.get_threshold()
+        tune_gc()  # as `edge-receiver run` does
+        try:
+            return timed(target)
+        finally:
+            gc.set_threshold(*saved)
+
+    def timed(target: str | Path) -> tuple[float, float]:
         with Store(target) as store:
             cpu, wall = time.process_time(), time.perf_counter()
             for payload in hour.payloads:
@@ -191,7 +201,8 @@ def ingest_rows(hour: Hour, folder: Path, say: Callable[[str], None], runs: int 
             "receiver ingest, SQLite",
             hour.samples / sqlite[0],
             "samples/s",
-            f"{what}: decode_batch + store_batch in one process, best of {runs}, {sqlite[0]:.2f} s wall, "
+            f"{what}: decode_batch + store_batch in one process (GC tuned as `run` does), best of {runs}, "
+            f"{sqlite[0]:.2f} s wall, "
             f"{sqlite[1]:.2f} CPU s (WAL, synchronous=FULL)",
         ),
         (
