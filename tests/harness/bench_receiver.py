@@ -228,7 +228,18 @@ def receiver_rows(
         measures, _ = measure(hour, Path(folder))
         measures += ingest_rows(hour, Path(folder), say)  # per process, SQLite beside PostgreSQL
         measures += history_rows(Path(folder) / "day.sqlite", progress=say)  # a day of rollups, SQLite
+        measures += postgresql_history_rows(say)
     return measures + fleet_rows(say)
+
+
+def postgresql_history_rows(say: Callable[[str], None]) -> list[Measure]:
+    """The same day's history and export on a PostgreSQL server started here (none when not installed)."""
+    from tests.harness.postgres import Postgres, binaries  # psycopg: only when this row is measured
+
+    if binaries() is None:
+        return []
+    with Postgres(durable=True) as server:
+        return history_rows(server.database(), progress=say)
 
 
 def fleet_rows(progress: Callable[[str], None] | None = None) -> list[Measure]:
