@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.broker import Broker, mosquitto_binary
+from tests.harness.broker import Broker, require_mosquitto, serving
 from tests.harness.postgres import Postgres, Targets, binaries
+from tests.harness.processes import receiver_yaml, running_receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 REALDATA = ROOT.parent / "shared" / "realdata"
@@ -17,14 +18,18 @@ if not REALDATA.exists() and os.environ.get("EDGE_REALDATA"):
 
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    if mosquitto_binary() is None:
-        pytest.fail("mosquitto is not installed: run the tests through `make test`, which installs it")
-    instance = Broker()
-    instance.start()
-    try:
+    require_mosquitto()
+    with serving(Broker()) as instance:
         yield instance
-    finally:
-        instance.close()
+
+
+@pytest.fixture
+def receiver(broker: Broker, tmp_path: Path) -> Iterator[Path]:
+    """``edge-receiver run`` on the test's broker, subscribed; yields the path of its store."""
+    store = tmp_path / "store.sqlite"
+    config = receiver_yaml(tmp_path / "receiver.yaml", broker.port, store)
+    with running_receiver(config, tmp_path / "receiver.log"):
+        yield store
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from agent.wire.messages import envelope
 from tests.harness.broker import Broker
 from tests.harness.drive import DBC, agent_config
 from tests.harness.processes import cli, exported, receiver_yaml, running_receiver, start_replay, truth
-from tests.harness.uploaders import wait_for
+from tests.harness.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

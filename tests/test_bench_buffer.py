@@ -10,7 +10,7 @@ import pytest
 
 from tests.harness import bench_buffer as bb
 from tests.harness.bench import ProcessRun, Row
-from tests.harness.broker import mosquitto_binary
+from tests.harness.broker import require_mosquitto
 
 DRIVE_S = 120
 SAMPLES = DRIVE_S * bb.RATE_HZ  # 6,000 ticks of the 50 Hz grid (the sampler emits one fewer or so)
@@ -21,8 +21,7 @@ def sane(value: float, low: float, high: float) -> bool:
 
 
 def test_every_measure_on_two_minutes_of_driving(tmp_path: Path) -> None:
-    if mosquitto_binary() is None:
-        pytest.fail("mosquitto is not installed: run the tests through `make test`, which installs it")
+    require_mosquitto()
     lines: list[str] = []
     started = time.monotonic()
     results = bb.measure(DRIVE_S, cache=tmp_path / "cache", progress=lines.append, naive_bound_s=10)

@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.service import mqtt
 from agent.service.mqtt import MqttConfig
 from receiver import pki
-from tests.harness.broker import SecureBroker, mosquitto_binary
+from tests.harness.broker import SecureBroker, require_mosquitto, serving
 
 TIMEOUT = 10.0
 A, B = "VIN-A", "VIN-B"
@@ -128,14 +128,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def broker(fleet: Path) -> Iterator[SecureBroker]:
-    if mosquitto_binary() is None:
-        pytest.fail("mosquitto is not installed: run the tests through `make test`, which installs it")
-    instance = SecureBroker(fleet)
-    instance.start()
-    try:
+    require_mosquitto()
+    with serving(SecureBroker(fleet)) as instance:
         yield instance
-    finally:
-        instance.close()
 
 
 @pytest.fixture

@@ -8,13 +8,9 @@ ENOSPC and on. Without root: SQLite's own SQLITE_FULL (``PRAGMA max_page_count``
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import random
 import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +28,7 @@ from agent.errors import StorageFullError
 from agent.pipeline import Pipeline
 from agent.wire.values import ChunkId
 from tests.harness.buffers import SCHEMA, opaque, scratch, seqs
+from tests.harness.mounts import tmpfs
 
 SOAK = os.environ.get("EDGE_SOAK") == "1"  # `make soak`: many more examples and rounds
 BOOT = b"H" * 16
@@ -42,26 +39,8 @@ MIB = 1 << 20
 def small_disk(request: pytest.FixtureRequest) -> Iterator[Path]:
     """A tmpfs of ``request.param`` MiB (default 8), mounted for the test and unmounted after it."""
     size = getattr(request, "param", 8)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount_point = Path(tempfile.mkdtemp(prefix="buffer-disk-"))
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        mount_point.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs(f"size={size}m", "buffer-disk-") as mount_point:
         yield mount_point
-    finally:
-        gc.collect()  # a connection left open by a failed test closes first
-        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], check=False)  # lazily, never left behind
-        with contextlib.suppress(OSError):
-            mount_point.rmdir()
 
 
 class Commits:

@@ -13,7 +13,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,8 @@ from agent.buffer import Buffer
 from agent.chunk import SealedChunk
 from agent.errors import StorageError
 from agent.wire.values import ChunkId
-from tests.harness.buffers import SCHEMA, opaque, sealed
+from tests.harness.buffers import SCHEMA, fill, opaque, sealed
+from tests.harness.mounts import tmpfs
 
 SOAK = os.environ.get("EDGE_SOAK") == "1"  # `make soak`: many more trials
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,9 +145,7 @@ def test_read_only_creates_no_folder_and_no_file(tmp_path: Path) -> None:
 
 def test_read_only_reads_the_totals_and_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "b.sqlite"
-    writer = Buffer(path, check=True)
-    writer.append(writer.schema_id(SCHEMA), sealed(b"R" * 16, 4))
-    writer.close()
+    fill(path, b"R" * 16, 4)
     before = path.read_bytes()
     reader = Buffer(path, read_only=True)
     try:
@@ -443,23 +441,8 @@ def test_a_foreign_sqlite_file_is_refused_untouched_and_not_quarantined(tmp_path
 @pytest.fixture
 def read_only_dir() -> Iterator[Path]:
     """A read-only tmpfs (root ignores permissions, not a read-only mount), unmounted after the test."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount_point = Path(tempfile.mkdtemp(prefix="buffer-ro-"))
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        mount_point.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs("ro,size=1m", "buffer-ro-") as mount_point:
         yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount_point)], check=False)
-        mount_point.rmdir()
 
 
 def test_a_read_only_location_says_so(read_only_dir: Path) -> None:

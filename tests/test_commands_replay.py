@@ -9,25 +9,16 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness.broker import Broker
 from tests.harness.drive import ROOT, agent_config
-from tests.harness.processes import cli, receiver_yaml, running_receiver
+from tests.harness.processes import cli
 
 pytestmark = pytest.mark.slow
 CITY = ROOT / "replay_logs" / "city.log.gz"
-
-
-@pytest.fixture
-def receiver(broker: Broker, tmp_path: Path) -> Iterator[Path]:
-    store = tmp_path / "store.sqlite"
-    config = receiver_yaml(tmp_path / "receiver.yaml", broker.port, store)
-    with running_receiver(config, tmp_path / "receiver.log"):
-        yield store
 
 
 def replay(config: Path, log: Path, report: Path) -> tuple[subprocess.CompletedProcess[str], dict]:  # type: ignore[type-arg]

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import Buffer
-from tests.harness.buffers import SCHEMA, sealed
+from tests.harness.buffers import fill
 
 ROOT = Path(__file__).resolve().parent.parent
 DBC = ROOT / "dbc" / "reference_ev.dbc"
@@ -54,9 +53,7 @@ def test_no_buffer_yet_says_so_and_creates_nothing(tmp_path: Path, extra: tuple[
 
 def test_a_stopped_agent_s_buffer_is_read_and_left_as_it_was(tmp_path: Path) -> None:
     path = tmp_path / "buffer.sqlite"
-    buffer = Buffer(path, check=True)
-    buffer.append(buffer.schema_id(SCHEMA), sealed(b"S" * 16, 3))
-    buffer.close()
+    fill(path, b"S" * 16, 3)
     before = path.read_bytes()
     result = status(config_for(tmp_path, path), "--json")
     assert result.returncode == 0, result.stderr
@@ -73,9 +70,7 @@ def test_run_as_root_it_leaves_no_file_owned_by_root(tmp_path: Path) -> None:
     folder = tmp_path / "state"
     folder.mkdir()
     path = folder / "buffer.sqlite"
-    buffer = Buffer(path, check=True)
-    buffer.append(buffer.schema_id(SCHEMA), sealed(b"R" * 16, 2))
-    buffer.close()
+    fill(path, b"R" * 16, 2)
     service = 65534  # nobody: the service's own user
     for item in (folder, *folder.iterdir()):
         os.chown(item, service, service)

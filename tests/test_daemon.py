@@ -24,6 +24,7 @@ from agent.sim import simulate
 from receiver.store import Store
 from tests.harness.broker import Broker
 from tests.harness.drive import DBC, ROOT, SIGNALS, agent_config
+from tests.harness.waiting import wait_for, wait_for_text
 
 pytestmark = pytest.mark.slow
 
@@ -72,13 +73,6 @@ def test_live_virtual_bus_reaches_the_receiver(broker: Broker, tmp_path: Path) -
     assert all(value is not None for value in rows[-1][1])
 
 
-def wait_for_log(process: subprocess.Popen[bytes], log: Path, text: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text():
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-
-
 def committed_samples(path: Path) -> int:
     buffer = Buffer(path)
     try:
@@ -95,11 +89,9 @@ def test_sigterm_commits_and_exits_within_five_seconds(broker: Broker, tmp_path:
         process = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "run", "--config", str(config)], cwd=ROOT, stderr=out
         )
-    wait_for_log(process, stderr, '"agent_starting"')  # the buffer is open, the stages started
-    deadline = time.monotonic() + 30
-    while committed_samples(tmp_path / "TERM000000000001.sqlite") < 100:  # two seconds are committed
-        assert process.poll() is None and time.monotonic() < deadline, stderr.read_text()
-        time.sleep(0.05)
+    wait_for_text(stderr, '"agent_starting"', process=process)  # the buffer is open, the stages started
+    buffer = tmp_path / "TERM000000000001.sqlite"
+    wait_for(lambda: committed_samples(buffer) >= 100, 30, stderr.read_text, process)  # two seconds committed
     process.send_signal(signal.SIGTERM)
     started = time.monotonic()
     process.wait(timeout=10)

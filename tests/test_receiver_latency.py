@@ -30,6 +30,7 @@ from tests.harness.drive import DBC, agent_config
 from tests.harness.peer import TIMEOUT, Peer
 from tests.harness.postgres import Targets
 from tests.harness.processes import cli, receiver_yaml, running_receiver, start_replay
+from tests.harness.waiting import wait_for
 
 
 def stamped(chunk: Any, ago_s: float) -> Any:
@@ -198,11 +199,9 @@ def test_a_late_receiver_sees_the_backlog_apart_from_live_chunks(broker: Broker,
     log = tmp_path / "agent.log"
     agent = start_replay(drive, config, log)
     try:
-        deadline = time.monotonic() + 20
+        buffer = tmp_path / f"{vin}.sqlite"
         # No receiver yet: the batches go nowhere, the buffer fills (a backlog builds).
-        while not (tmp_path / f"{vin}.sqlite").exists() or _buffered(tmp_path / f"{vin}.sqlite") < 40:
-            assert agent.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        wait_for(lambda: buffer.exists() and _buffered(buffer) >= 40, 20, log.read_text, agent)
         with running_receiver(
             receiver_yaml(tmp_path / "receiver.yaml", broker.port, store), tmp_path / "r.log"
         ):

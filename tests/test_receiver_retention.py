@@ -16,6 +16,7 @@ from receiver.retention import Retention
 from receiver.store import Store
 from tests.harness.batches import BOOT, OTHER_BOOT, VIN, batch
 from tests.harness.postgres import Targets
+from tests.harness.waiting import wait_for
 
 DAY = 86_400
 HZ1 = Schema(Fraction(1), (SignalSpec("A.b"),))  # 1 Hz: a tick is a second on the vehicle's clock
@@ -103,9 +104,7 @@ def test_the_receiver_runs_a_pass_at_start_in_its_own_thread(tmp_path: Path) -> 
 
     retention = Retention(StoreConfig(path=path, retention_days=90), Log(), every_s=3600)
     retention.start()
-    deadline = time.monotonic() + 10
-    while not retention.passes and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: retention.passes, 10, "no retention pass")
     retention.stop()
     assert [event for event, _ in events] == ["retention_expired"], events
     assert events[0][1]["chunks"] == 1

@@ -27,6 +27,7 @@ from tests.harness.checker import Boot, BufferWatcher, CommitHistory, boot_id_fr
 from tests.harness.drive import DBC, ROOT, SIGNALS
 from tests.harness.postgres import Postgres
 from tests.harness.processes import exported, truth
+from tests.harness.waiting import wait_for, wait_for_text
 
 pytestmark = pytest.mark.slow
 
@@ -62,13 +63,6 @@ def start_receiver(folder: Path, name: str, port: int, url: str) -> tuple[subpro
             [sys.executable, "-m", "receiver.cli", "run", "--config", str(config)], cwd=ROOT, stderr=errors
         )
     return process, log
-
-
-def wait_for(condition: object, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def committed(history: CommitHistory) -> dict[str, int]:
@@ -110,12 +104,12 @@ def test_two_receivers_on_one_postgresql_lose_and_duplicate_nothing_when_one_is_
     receivers: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
     try:
         # The whole drive sampled and committed by every agent, none of it acked: a backlog each.
-        wait_for(lambda: committed(history) == samples, "the drives to be committed", 30)
+        wait_for(lambda: committed(history) == samples, 30, "the drives to be committed")
         for name in ("receiver-a", "receiver-b"):
             receivers[name] = start_receiver(tmp_path, name, broker.port, url)
         for _, log in receivers.values():
-            wait_for(lambda log=log: '"event": "subscribed"' in log.read_text(), "a subscription")
-        wait_for(lambda: stored_chunks(url) >= 10, "the drain to start")
+            wait_for_text(log, '"event": "subscribed"')
+        wait_for(lambda: stored_chunks(url) >= 10, 30, "the drain to start")
         victim, _ = receivers["receiver-a"]
         victim.kill()  # SIGKILL mid-drain: whatever it committed and did not ack comes again
         victim.wait(10)

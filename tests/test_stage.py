@@ -7,9 +7,7 @@ Each test runs a real stage on its own real thread; the log is structlog's own o
 from __future__ import annotations
 
 import threading
-import time
 import traceback
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -55,13 +53,6 @@ class Probe(Stage):
 
     def close(self) -> None:
         self.calls.append("close")
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def failures(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:

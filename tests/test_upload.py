@@ -23,8 +23,9 @@ from agent.chunk import Chunker, SealedChunk
 from agent.upload import State, Uploader
 from agent.wire.values import ChunkId
 from tests.harness.broker import Broker
-from tests.harness.buffers import SCHEMA, sealed
-from tests.harness.uploaders import VIN, backlog, start_uploader, wait_for
+from tests.harness.buffers import SCHEMA, fill
+from tests.harness.uploaders import VIN, backlog, start_uploader
+from tests.harness.waiting import wait_for
 
 
 class FakeReceiver:
@@ -70,9 +71,7 @@ def wait_turns(uploader: Uploader, turns: int = 2) -> None:
 
 @pytest.fixture
 def filled(buffer_path: Path) -> Iterator[Path]:
-    buffer = Buffer(buffer_path)
-    buffer.append(buffer.schema_id(SCHEMA), sealed(b"B" * 16, 30))
-    buffer.close()
+    fill(buffer_path, b"B" * 16, 30)
     yield buffer_path
 
 
@@ -123,9 +122,7 @@ def test_batches_say_which_chunks_waited_in_the_buffer(broker: Broker, filled: P
         wait_for(lambda: backlog(filled) == 0)
         assert all(b.backlog_chunks == len(b.chunks) > 0 for b in peer.batches)
         seen = len(peer.batches)
-        buffer = Buffer(filled)
-        buffer.append(buffer.schema_id(SCHEMA), sealed(b"D" * 16, 2))
-        buffer.close()
+        fill(filled, b"D" * 16, 2)
         wake.set()  # as the pipeline does after a commit
         wait_for(lambda: len(peer.batches) > seen and backlog(filled) == 0)
         fresh = peer.batches[seen]
@@ -144,9 +141,7 @@ def test_broker_restart_goes_offline_then_drains(broker: Broker, buffer_path: Pa
         broker.stop(kill=True)
         wait_for(lambda: uploader.status().state is State.OFFLINE)
         sent = uploader.counters.batches_sent
-        buffer = Buffer(buffer_path)
-        buffer.append(buffer.schema_id(SCHEMA), sealed(b"C" * 16, 10))
-        buffer.close()
+        fill(buffer_path, b"C" * 16, 10)
         wake.set()  # as the pipeline does after a commit
         wait_turns(uploader)  # the uploader has seen the commit ...
         assert uploader.status().state is State.OFFLINE  # ... and, offline, sent nothing

@@ -28,8 +28,9 @@ from agent.wire import telemetry_pb2 as pb
 from agent.wire.messages import envelope
 from agent.wire.values import ChunkId
 from tests.harness.broker import Broker
-from tests.harness.buffers import SCHEMA, sealed
-from tests.harness.uploaders import VIN, backlog, start_uploader, wait_for
+from tests.harness.buffers import SCHEMA, fill, sealed
+from tests.harness.uploaders import VIN, backlog, start_uploader
+from tests.harness.waiting import wait_for
 
 BOOT = b"B" * 16
 HUGE = 1 << 62
@@ -68,9 +69,7 @@ def huge_ack(boot: bytes) -> bytes:
 @pytest.fixture
 def filled(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "buffer.sqlite"
-    buffer = Buffer(path)
-    buffer.append(buffer.schema_id(SCHEMA), sealed(BOOT, 30))
-    buffer.close()
+    fill(path, BOOT, 30)
     yield path
 
 

@@ -19,7 +19,8 @@ from agent.status import State, StatusReport
 from agent.upload import Uploader
 from tests.harness.broker import Broker, free_port
 from tests.harness.buffers import SCHEMA, sealed
-from tests.harness.uploaders import VIN, wait_for
+from tests.harness.uploaders import VIN
+from tests.harness.waiting import wait_for
 
 
 class PasswordBroker(Broker):

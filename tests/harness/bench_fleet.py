@@ -45,6 +45,7 @@ from agent.sample import Sampler, to_micros
 from agent.sim import simulate
 from agent.wire.values import Schema
 from tests.harness.broker import Broker
+from tests.harness.waiting import wait_for_text
 
 ROOT = Path(__file__).resolve().parents[2]
 DBC = ROOT / "dbc" / "reference_ev.dbc"
@@ -156,13 +157,8 @@ def receivers(folder: Path, port: int, count: int) -> Iterator[list[Path]]:
             with open(log, "wb") as err:
                 argv = [sys.executable, "-m", "receiver.cli", "run", "--config", str(config)]
                 processes.append(subprocess.Popen(argv, cwd=ROOT, stdout=err, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + 30
-        while not all('"event": "subscribed"' in log.read_text() for log in logs):
-            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-                raise RuntimeError(
-                    "edge-receiver did not subscribe:\n" + "\n".join(log.read_text()[-2000:] for log in logs)
-                )
-            time.sleep(0.05)
+        for log, process in zip(logs, processes, strict=True):
+            wait_for_text(log, '"event": "subscribed"', 30, process)
         yield logs
     finally:
         for process in processes:

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
 
@@ -141,11 +142,27 @@ class SecureBroker(Broker):
             os.chown(path, user.pw_uid, user.pw_gid)
 
 
+B = TypeVar("B", bound=Broker)
+
+
+def require_mosquitto() -> None:
+    """Fail the test (not skip it) when Mosquitto is missing: `make test` installs it."""
+    import pytest
+
+    if mosquitto_binary() is None:
+        pytest.fail("mosquitto is not installed: run the tests through `make test`, which installs it")
+
+
 @contextlib.contextmanager
-def running_broker(extra_config: str = "") -> Iterator[Broker]:
-    broker = Broker(extra_config=extra_config)
+def serving(broker: B) -> Iterator[B]:
+    """``broker`` started, and closed (its folder removed) after."""
     broker.start()
     try:
         yield broker
     finally:
         broker.close()
+
+
+def running_broker(extra_config: str = "") -> contextlib.AbstractContextManager[Broker]:
+    require_mosquitto()
+    return serving(Broker(extra_config=extra_config))

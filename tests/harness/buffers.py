@@ -27,6 +27,17 @@ def sealed(boot: bytes, count: int, schema: Schema = SCHEMA) -> list[SealedChunk
     return chunker.take()
 
 
+def fill(path: Path, boot: bytes, count: int) -> Path:
+    """Append ``count`` sealed chunks of ``boot`` (:data:`SCHEMA`) to the buffer at ``path`` (made when
+    new), closed again after: a buffer as an agent leaves it."""
+    buffer = Buffer(path)
+    try:
+        buffer.append(buffer.schema_id(SCHEMA), sealed(boot, count))
+    finally:
+        buffer.close()
+    return path
+
+
 def opaque(boot: bytes, count: int, size: int = 64, first: int = 0) -> list[SealedChunk]:
     """Chunks whose payloads are opaque bytes: the buffer never looks inside (and the codec is elsewhere)."""
     return [

@@ -11,12 +11,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tests.harness.drive import DBC, ROOT, SIGNALS
+from tests.harness.waiting import wait_for_text
 
 
 def cli(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -49,10 +49,7 @@ def running_receiver(config: Path, log: Path, timeout: float = 30.0) -> Iterator
             [sys.executable, "-m", "receiver.cli", "run", "--config", str(config)], cwd=ROOT, stderr=errors
         )
     try:
-        deadline = time.monotonic() + timeout
-        while '"event": "subscribed"' not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+        wait_for_text(log, '"event": "subscribed"', timeout, process)
         yield process
     finally:
         process.send_signal(signal.SIGTERM)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from agent.buffer import Buffer
@@ -13,14 +12,6 @@ from agent.upload import Uploader
 from tests.harness.broker import Broker
 
 VIN = "TESTVIN0001"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def start_uploader(broker: Broker, path: Path, **kwargs: float) -> tuple[Uploader, threading.Event]:
