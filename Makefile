@@ -13,6 +13,16 @@ all: test
 debs:
 	@sh packaging/bootstrap.sh $(DEBS)
 
+# The live page's browser libraries (receiver/web/package-lock.json, pinned with their hashes): npm
+# installs them as published, no build step. Debian's npm when the machine has no npm of its own.
+WEB := receiver/web
+WEB_STAMP := $(WEB)/node_modules/.installed-stamp
+
+$(WEB_STAMP): $(WEB)/package-lock.json
+	@command -v npm >/dev/null || sh packaging/bootstrap.sh npm
+	@cd $(WEB) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $(WEB_STAMP)
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
@@ -20,20 +30,22 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q -e '.[systemd]' || echo "note: systemd-python did not build; journald logging uses agent.service.logs's own native-protocol sender"
 	@touch $(STAMP)
 
-setup: debs $(STAMP)
+setup: debs $(STAMP) $(WEB_STAMP)
 
+# DEMO_SERVE=1: after the table, the broker, the receiver and the live page stay up until Ctrl-C.
 # STORE=postgresql: the same five vehicles into a PostgreSQL server the demo starts itself (needs postgresql).
 STORE ?= sqlite
 demo: setup
 	@if [ "$(STORE)" = postgresql ]; then sh packaging/bootstrap.sh postgresql; fi
-	$(PY) -m tests.harness.demo --store $(STORE)
+	$(PY) -m tests.harness.demo --store $(STORE) $(if $(filter 1,$(DEMO_SERVE)),--serve)
 
 # Two workers (one per core of the smallest CI machine); a test module stays on one worker.
 TEST_WORKERS ?= 2
 
 # The package's install test needs these on top (a clean Debian root, lintian, man pages); postgresql: the
-# tests' own PostgreSQL servers (initdb and pg_ctl in a temporary folder, never the system's cluster).
-TEST_DEBS := debootstrap lintian help2man binutils postgresql
+# tests' own PostgreSQL servers (initdb and pg_ctl in a temporary folder, never the system's cluster);
+# chromium: the live page's test, headless, driven over its DevTools protocol.
+TEST_DEBS := debootstrap lintian help2man binutils postgresql chromium
 
 test: setup
 	@sh packaging/bootstrap.sh $(TEST_DEBS)

@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import wire
 from agent.acks import SentLedger
@@ -175,7 +177,9 @@ class Uploader(Stage):
         """Stop the uploader's thread (waiting up to ``timeout``), then disconnect from the broker."""
         self.request_stop()
         self.join(timeout)
-        self.client.disconnect()
+        # MQTT v5's "disconnect with will message": the broker publishes our retained OFFLINE status, so
+        # a dashboard does not show a vehicle that stopped cleanly as online for ever.
+        self.client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
         self.client.loop_stop()
 
     def interrupt(self) -> None:

@@ -8,7 +8,8 @@ so no client can take over another's session); nobody connects anonymously. The 
 what"), with ``P`` the topic prefix::
 
     every vehicle (%u = its VIN)   write P/%u/telemetry, P/%u/status      read P/%u/ack
-    each receiver (its CN)         write P/+/ack, P/+/alerts              read P/+/telemetry, P/+/status
+    each receiver (its CN)         write P/+/ack, P/+/alerts              read P/+/telemetry, P/+/status,
+                                                                          P/+/alerts, P/+/ack
 
 What Mosquitto 2.0 (Debian 12: 2.0.11) enforces with an ``acl_file``, as tests/test_broker_acl.py shows: a
 PUBLISH (and a will) is checked against "write"; every SUBSCRIBE is granted, but each message is checked
@@ -107,8 +108,8 @@ def render_acl(settings: BrokerSettings, receivers: list[str]) -> str:
             f"user {name}",
             f"topic read {prefix}/+/telemetry",
             f"topic read {prefix}/+/status",
-            f"topic write {prefix}/+/ack",
-            f"topic write {prefix}/+/alerts",
+            f"topic readwrite {prefix}/+/ack",  # serve's commit notices (a receiver certificate)
+            f"topic readwrite {prefix}/+/alerts",  # publish them; serve (a receiver certificate) follows them
         ]
     return "\n".join(lines) + "\n"
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from agent.service import cli
 
-COMMANDS = ("run", "check-config", "export", "history", "stats", "accuracy", "pki", "broker-config")
+COMMANDS = ("run", "serve", "check-config", "export", "history", "stats", "accuracy", "pki", "broker-config")
 
 
 def build_parser() -> argparse.ArgumentParser:

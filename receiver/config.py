@@ -25,6 +25,7 @@ from agent.service.schema import (
     parse_document,
 )
 from agent.wire.chunks import Limits
+from receiver.alert_rules import ALERTS_SECTION, AlertsConfig
 from receiver.backend import redacted
 
 DEFAULT_RECEIVER_CONFIG = Path("/etc/edge-receiver/config.yaml")
@@ -95,6 +96,30 @@ class LimitsConfig:
         return Limits(self.max_samples_per_batch, self.max_values_per_batch)
 
 
+LISTEN = r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}"  # host:port, an IPv6 address in brackets
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """``edge-receiver serve``: where it listens (``host:port``; default loopback only, put a reverse proxy
+    with TLS and authentication in front of it to open it wider)."""
+
+    listen: str = "127.0.0.1:8080"
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+def _port_in_range(api: ApiConfig, view: SectionView) -> None:
+    if not 1 <= api.port <= 65535:
+        view.error("listen", f"port {api.port} is not from 1 to 65535")
+
+
 @dataclass(frozen=True)
 class ReceiverConfig:
     """The whole receiver config. ``mqtt.client_id`` defaults to ``edge-receiver-<hostname>-<pid>``."""
@@ -104,6 +129,8 @@ class ReceiverConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def __post_init__(self) -> None:
         if self.mqtt.client_id is None:
@@ -137,6 +164,8 @@ RECEIVER_SCHEMA = Section(
             (_one_store,),
         ),
         "logging": LOGGING_SECTION,
+        "api": Section(ApiConfig, {"listen": String(pattern=LISTEN, rule="host:port")}, (_port_in_range,)),
+        "alerts": ALERTS_SECTION,
         "security": Section(SecurityConfig, {"fleet_key_file": Nullable(FilePath(must_exist=True))}),
         "limits": Section(
             LimitsConfig,

@@ -56,6 +56,53 @@ class Plan:
     level: int | None
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What :func:`query` found: the signals asked, whether each has whole values, the plan, the range
+    (``None`` when no asked signal has a numeric value) and the buckets, by start then by signal."""
+
+    names: list[str]
+    integer: list[bool]
+    plan: Plan | None
+    start: Fraction | None
+    end: Fraction | None
+    buckets: list[Bucket]
+
+
+def query(
+    store: Store,
+    vin: str,
+    names: Sequence[str] | None,
+    start: Fraction | None,
+    end: Fraction | None,
+    points: int,
+) -> Answer:
+    """The buckets of ``names`` (default: every signal of the vin, sorted) over [start, end] (default: the
+    signals' whole range), at most ``points`` per signal: what ``history`` prints and the API returns.
+    An unknown vin or signal raises ``NotFoundError`` (did you mean); ``start`` after ``end``
+    :class:`ConfigError`; rollups still being built :class:`StorageError`."""
+    grid = store.rate(vin)  # an unknown vin: one line, with a "did you mean"
+    names = store.signals(vin) if names is None else list(dict.fromkeys(names))
+    ids = signal_ids(store, vin, names)
+    specs = store.declared(vin)
+    integer = [name in specs and specs[name].integer_scaled and not specs[name].is_float for name in names]
+    if start is None or end is None:
+        ready(store, vin)
+        whole = span(store, ids)
+        if whole is None:  # no numeric value at all: no bucket
+            return Answer(names, integer, None, start, end, [])
+        start, end = start if start is not None else whole[0], end if end is not None else whole[1]
+        if start > end:
+            raise ConfigError(f"--from {seconds(start)} is after --to {seconds(end)}")
+    plan = choose(start, end, points, (end - start) * grid * len(names))
+    if plan.level is None:
+        found = from_raw(store, vin, names, plan.width, start, end)
+    else:
+        ready(store, vin)
+        found = from_rollups(store, ids, plan, start, end)
+    return Answer(names, integer, plan, start, end, found)
+
+
 def buckets(start: Fraction, end: Fraction, width: Fraction) -> int:
     """How many aligned buckets of ``width`` cover [start, end]."""
     return math.floor(end / width) - math.floor(start / width) + 1

@@ -10,6 +10,8 @@ Contract
   nothing until an ack arrives.
 - What an ack means: ``{prefix}/{vin}/ack`` (QoS 1) names chunks that are committed durably in the store,
   and it is published only after that commit. A duplicate batch is acked again (its chunks are stored).
+- Alerts: after the commit, the episodes it stored or ended go out on ``{prefix}/{vin}/alerts`` (QoS 1),
+  each marked published when the broker confirms it (:mod:`receiver.alert_publish`: at least once).
 - Garbage (not an envelope, wrong version, bad zlib or protobuf, inconsistent columns, a topic vin that
   is not the batch's, a rate that conflicts with the store, a batch past ``limits``: its bytes checked
   before it is decoded, its declared samples and samples x signals before any value is allocated) is
@@ -35,6 +37,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +49,8 @@ from agent.service import mqtt
 from agent.service.logs import get_logger
 from agent.service.supervise import Heartbeat, Supervisor
 from agent.wire import auth
+from receiver import metrics
+from receiver.alert_publish import AlertPublisher
 from receiver.config import ReceiverConfig
 from receiver.retention import Retention
 from receiver.store import RateConflictError, Store
@@ -96,6 +101,7 @@ class Receiver:
             f"edge-receiver-{socket.gethostname()}-{os.getpid()}-{next(_instances)}"
         )
         self.counters = Counters()
+        self.tally = metrics.Tally()  # the same counts per vin, kept in the store for `serve` (metrics.py)
         # One logger per receiver, so that every event names its client id.
         self.log = get_logger("receiver.ingest", client_id=self.client_id)
         self._reconnect = (reconnect_min_s, reconnect_max_s)
@@ -105,6 +111,7 @@ class Receiver:
         self._stop_requested = threading.Event()
         self._client: paho.Client | None = None
         self._store: Store | None = None
+        self._alerts: AlertPublisher | None = None  # episodes to {prefix}/{vin}/alerts (alert_publish.py)
         self._fleet_key = config.security.fleet_key()  # None: batches are not authenticated
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -118,6 +125,8 @@ class Receiver:
                 reason="no security.fleet_key_file: anyone on the broker can forge",
             )
         self._store = Store(self.config.store.target)
+        self._store.alert_rules = self.config.alerts.rules
+        self._alerts = AlertPublisher(self._store, self.prefix, self.log)
         try:
             self._client = self._make_client()
         except BaseException:
@@ -135,6 +144,7 @@ class Receiver:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     def wait_subscribed(self, timeout: float | None = None) -> bool:
@@ -152,6 +162,7 @@ class Receiver:
         if self._store is not None:
             self._store.close()
             self._store = None
+            self._alerts = None
         self._subscribed.clear()
         self.log.info("receiver_stopped", **asdict(self.counters))
 
@@ -171,12 +182,15 @@ class Receiver:
             retention.start()
             supervisor.ready(self.status_line())
             ingest = Heartbeat(SUPERVISE_EVERY_S + LOCK_WAIT_S)
+            totals = TotalsWriter(self)
             while not self._stop_requested.wait(SUPERVISE_EVERY_S):
+                totals.maybe_flush()
                 if self._lock.acquire(timeout=LOCK_WAIT_S):  # held for long: a handler is stuck
                     self._lock.release()
                     ingest.beat()
                 supervisor.tick({"ingest": ingest})
                 supervisor.status(self.status_line())
+            totals.close()
         finally:
             supervisor.stopping()
             retention.stop()
@@ -204,6 +218,9 @@ class Receiver:
         self.counters.connects += 1
         self.log.info("connected", host=self.config.mqtt.host, port=self.config.mqtt.port)
         client.subscribe(self.subscription, qos=1)
+        if self._alerts is not None:  # what a previous run stored and did not see confirmed
+            self._alerts.forget()
+            self._alerts.publish(client)
 
     def _on_subscribe(self, _client: paho.Client, _userdata: Any, _mid: int, codes: Any, _props: Any) -> None:
         if any(code.is_failure for code in codes):
@@ -234,8 +251,15 @@ class Receiver:
             info = client.publish(f"{self.prefix}/{vin}/ack", payload, qos=1)
             if info.rc == paho.MQTT_ERR_SUCCESS:
                 self.counters.acks_sent += 1
+                self.tally.count(vin, acks=1)
             else:  # the chunks are stored: the agent's resend will be acked as a duplicate
                 self.log.warning("ack_not_sent", vin=vin, reason=paho.error_string(info.rc))
+            if self._alerts is not None:
+                self._alerts.publish(client)
+
+    def _on_publish(self, _client: paho.Client, _userdata: Any, mid: int, _reason: Any, _props: Any) -> None:
+        if self._alerts is not None and not self._stopping:
+            self._alerts.confirmed(mid)
 
     # --- one message -------------------------------------------------------------------------------------
 
@@ -271,6 +295,7 @@ class Receiver:
             result = self._store.store_batch(batch)
         except (WireError, RateConflictError) as error:
             self.counters.rejected += 1
+            self.tally.count(None, rejected=1)
             self.log.error("batch_rejected", topic=topic, size=len(payload), reason=str(error))
             return None
         except StorageError as error:
@@ -282,8 +307,37 @@ class Receiver:
         counters.chunks_new += result.new
         counters.chunks_duplicate += result.duplicates
         counters.samples += result.samples
+        self.tally.count(vin, batches=1, samples=result.samples, wire_bytes=len(payload))
         self.log.debug(
             "batch_stored", vin=vin, new=result.new, duplicates=result.duplicates, samples=result.samples
         )
         ack = wire.encode_ack(vin, result.stored, batch.evicted)
         return vin, (ack if key is None else auth.sign(ack, key, vin))
+
+
+class TotalsWriter:
+    """Writes a receiver's :class:`~receiver.metrics.Tally` into the store every
+    :data:`~receiver.metrics.FLUSH_EVERY_S`, on the supervising thread, through a connection of its own
+    (a store is one thread's). A storage error is logged and retried at the next turn: statistics never
+    stop ingest."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver, self._store = receiver, Store(receiver.config.store.target)
+        self._next = 0.0
+
+    def maybe_flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + metrics.FLUSH_EVERY_S
+        rows = self.receiver.tally.rows(self.receiver.client_id)
+        if not rows:
+            return
+        try:
+            self._store.write("record ingest totals in", lambda db: metrics.flush(db, rows))
+        except StorageError as error:
+            self.receiver.log.warning("totals_not_recorded", reason=str(error))
+
+    def close(self) -> None:
+        self.maybe_flush(force=True)
+        self._store.close()

@@ -36,10 +36,10 @@ Contract
   day partitions on PostgreSQL; ages are on the vehicles' clock, from now or from the newest sample stored
   if that is earlier (a store of old replays is not emptied for being old). What goes is recorded in the
   gap ledger (reason ``expired``), so ``stats`` reports no missing chunks for it.
-- Hooks for what is derived from new chunks (rollups, latency): ``_setup_derived(db)`` (where a writer
-  creates the tables), ``_derive(db, ...)`` (inside each batch's transaction) and ``_expire_derived(db,
-  cutoff)`` (retention); ``db`` is the adapter and ``db.dialect`` says which SQL to write. :attr:`db` is
-  the same adapter for readers.
+- Hooks for what is derived from new chunks (rollups, latency, alerts: :attr:`Store.alert_rules`):
+  ``_setup_derived(db)`` (where a writer creates the tables), ``_derive(db, ...)`` (inside each batch's
+  transaction) and ``_expire_derived(db, cutoff)`` (retention); ``db`` is the adapter and ``db.dialect``
+  says which SQL to write. :attr:`db` is the same adapter for readers.
 - The caller owns the :class:`~agent.wire.DecodedBatch`; the store keeps nothing of it after the call.
 - Errors: the driver's exceptions become ``StorageError`` / ``StorageFullError`` / ``StorageCorruptError``
   naming the file or the URL (without its password).
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -57,7 +57,8 @@ from typing import Any
 from agent.errors import StorageError, WireError
 from agent.wire import DecodedBatch
 from agent.wire.values import ChunkData, ChunkId, RawValue
-from receiver import column, latency, overlap, rollups, table
+from receiver import alerts, column, latency, metrics, overlap, rollups, table
+from receiver.alert_rules import DEFAULT_RULES, AlertRule
 from receiver.backend import DAY_S, Backend, Db, redacted
 from receiver.sqlite_store import SqliteBackend
 from receiver.store_reads import NotFoundError, RateConflictError, Reads
@@ -117,6 +118,7 @@ class Store(Reads):
     def __init__(
         self, target: str | os.PathLike[str], *, readonly: bool = False, busy_timeout_ms: int = 10_000
     ) -> None:
+        self.alert_rules: Sequence[AlertRule] = DEFAULT_RULES  # the receiver sets its config's (alerts.py)
         backend: Backend
         if is_url(target):
             try:
@@ -157,6 +159,8 @@ class Store(Reads):
         """Create the derived tables (``CREATE TABLE IF NOT EXISTS``, per ``db.dialect``): a writer's open."""
         rollups.create(db)  # and the backfill of an older store's chunks
         latency.create(db)
+        metrics.create(db)
+        alerts.create(db)
 
     def _derive(
         self, db: Db, batch: DecodedBatch, signal_ids: list[int], fresh: list[StoredChunk], now: float
@@ -168,6 +172,7 @@ class Store(Reads):
         another boot's instants removed). Runs inside the transaction: raise to roll it all back."""
         rollups.derive(db, batch, signal_ids, fresh)
         latency.record(db, batch, [new.chunk for new in fresh], time.time())
+        alerts.derive(db, batch, fresh, self.alert_rules)
 
     def _expire_derived(self, db: Db, cutoff: Fraction) -> None:
         """Retention of the derived tables: what is about data before ``cutoff`` (s, vehicle clock)."""
@@ -260,6 +265,12 @@ class Store(Reads):
         ticks = chunk.ticks
         first, last = (ticks[0], ticks[-1]) if ticks else (None, None)
         return (vin, chunk.boot_id, chunk.seq, first, last, len(ticks), table.pack_ticks(ticks), now, *key)
+
+    def write(self, what: str, work: Callable[[Db], None]) -> None:
+        """Run ``work(db)`` in a write transaction of its own (ingest's totals: :mod:`receiver.metrics`);
+        the driver's errors become ``StorageError`` naming the store and ``what``."""
+        with self._backend.guard(what), self._backend.transaction():
+            work(self._backend.db)
 
     # --- retention ---------------------------------------------------------------------------------------
 

@@ -163,7 +163,7 @@ def clients(broker: SecureBroker) -> Iterator[Callable[..., Client]]:
 def forged_publishes(make: Callable[..., Client], tag: bytes) -> set[bytes]:
     """B publishes on A's telemetry, ack and status; A's receiver and A itself must receive none of it."""
     receiver, a, b = make("receiver", receiver=True), make(A), make(B)
-    receiver.subscribe("$share/receivers/fleet/+/telemetry", "fleet/+/status")
+    receiver.subscribe("$share/receivers/fleet/+/telemetry", "fleet/+/status", "fleet/+/ack")
     a.subscribe(f"fleet/{A}/ack")
     for topic in (f"fleet/{A}/telemetry", f"fleet/{A}/ack", f"fleet/{A}/status"):
         b.publish(topic, f"forged {topic} ".encode() + tag)
@@ -173,6 +173,7 @@ def forged_publishes(make: Callable[..., Client], tag: bytes) -> set[bytes]:
     assert receiver.got(f"fleet/{A}/telemetry", b"sentinel " + tag)
     assert receiver.got(f"fleet/{A}/status", b"status " + tag)
     assert a.got(f"fleet/{A}/ack", b"ack " + tag)
+    assert receiver.got(f"fleet/{A}/ack", b"ack " + tag)  # what `serve` hears as the commit notice
     return {p for p in receiver.payloads() | a.payloads() if p.startswith(b"forged")}
 
 
@@ -349,3 +350,16 @@ def _self_signed(folder: Path, cn: str) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def test_a_receiver_may_publish_alerts_and_a_vehicle_may_not(clients: Callable[..., Client]) -> None:
+    receiver, b = clients("receiver", receiver=True), clients(B)
+    receiver.subscribe("fleet/+/alerts")  # what serve does, with a receiver certificate of its own
+    b.subscribe("fleet/+/alerts", f"fleet/{B}/ack")
+    assert b.publish(f"fleet/{A}/alerts", b"forged") == "Not authorized"
+    assert b.publish(f"fleet/{B}/alerts", b"forged") == "Not authorized"
+    assert receiver.publish(f"fleet/{A}/alerts", b"alert") == "Success"
+    assert receiver.got(f"fleet/{A}/alerts", b"alert")
+    assert receiver.publish(f"fleet/{B}/ack", b"sentinel") == "Success"
+    assert b.got(f"fleet/{B}/ack", b"sentinel")
+    assert not b.payloads() - {b"sentinel"}  # a vehicle hears no one's alerts

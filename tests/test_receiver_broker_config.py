@@ -61,8 +61,8 @@ def test_the_acl_grants_what_design_md_says() -> None:
     receiver = [
         "topic read acme/fleet/+/telemetry",
         "topic read acme/fleet/+/status",
-        "topic write acme/fleet/+/ack",
-        "topic write acme/fleet/+/alerts",
+        "topic readwrite acme/fleet/+/ack",
+        "topic readwrite acme/fleet/+/alerts",
     ]
     assert directives(text) == [*vehicles, "user receiver", *receiver, "user receiver-2", *receiver]
     assert directives(render_acl(BrokerSettings(8883), [])) == [

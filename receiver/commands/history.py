@@ -63,28 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if start is not None and end is not None and start > end:
         raise ConfigError(f"--from {args.start} is after --to {args.end}")
     with open_store(args.db, readonly=True) as store:
-        grid = store.rate(args.vin)  # an unknown vin: one line, with a "did you mean"
-        names = store.signals(args.vin) if names is None else list(dict.fromkeys(names))
-        ids = history.signal_ids(store, args.vin, names)
-        if start is None or end is None:
-            history.ready(store, args.vin)
-            whole = history.span(store, ids)
-            if whole is None:  # no numeric value at all: no bucket
-                sys.stdout.write(history.HEADER)
-                return 0
-            start, end = start if start is not None else whole[0], end if end is not None else whole[1]
-            if start > end:
-                raise ConfigError(f"--from {history.seconds(start)} is after --to {history.seconds(end)}")
-        plan = history.choose(start, end, most, (end - start) * grid * len(names))
-        if plan.level is None:
-            found = history.from_raw(store, args.vin, names, plan.width, start, end)
-        else:
-            history.ready(store, args.vin)
-            found = history.from_rollups(store, ids, plan, start, end)
-        specs = store.declared(args.vin)
-        integer = [
-            name in specs and specs[name].integer_scaled and not specs[name].is_float for name in names
-        ]
-        sys.stdout.writelines(history.lines(names, integer, found))
+        answer = history.query(store, args.vin, names, start, end, most)
+        sys.stdout.writelines(history.lines(answer.names, answer.integer, answer.buckets))
     sys.stdout.flush()
     return 0

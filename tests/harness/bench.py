@@ -833,6 +833,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_plain("codec (baseline: one protobuf message per sample; for errors: the bound ε)", codec_rows())
     progress("receiver store: one hour of batches, in-process")
     print_plain("receiver store", [(m, v, None, u, n) for m, v, u, n in receiver_rows(progress=progress)])
+    from tests.harness.bench_api import live_rows
+
+    progress("live page: commit to a WebSocket client of /api/live, 20 batches")
+    print_plain("API", [(m, v, None, u, n) for m, v, u, n in live_rows()])
     print(f"\nbench took {time.monotonic() - STARTED:.0f} s")
     progress("done")
     return 0

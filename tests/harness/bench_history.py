@@ -22,10 +22,13 @@ import argparse
 import contextlib
 import io
 import itertools
+import json
 import math
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -115,6 +118,26 @@ def timed(
     return best, out
 
 
+def api_history(target: str | Path, names: str) -> tuple[float, int]:
+    """Best wall seconds of the same query through ``edge-receiver serve``'s app, and its bucket count."""
+    from receiver.config import ReceiverConfig, StoreConfig
+    from tests.harness.api_server import serving
+
+    store = (
+        StoreConfig(dsn=str(target)) if str(target).startswith("postgres") else StoreConfig(path=Path(target))
+    )
+    best, found = math.inf, 0
+    with serving(ReceiverConfig(store=store)) as base:
+        query = urllib.parse.urlencode({"signals": names, "points": POINTS})
+        for _ in range(RUNS):
+            started = time.perf_counter()
+            with urllib.request.urlopen(f"{base}/api/vehicles/{VIN}/history?{query}", timeout=60) as answer:
+                body = json.loads(answer.read())
+            best = min(best, time.perf_counter() - started)
+            found = sum(len(buckets) for buckets in body["signals"].values())
+    return best, found
+
+
 def history_rows(
     target: str | Path, hours: float = 24, progress: Callable[[str], None] | None = None
 ) -> list[Measure]:
@@ -132,6 +155,7 @@ def history_rows(
     )
     say(f"history: {POINTS} points of {SIGNALS} signals over the day, best of {RUNS}; then a full export")
     query_s, printed = timed(history.run, query, RUNS)
+    api_s, api_buckets = api_history(target, names)
     export_s, exported = timed(export.run, argparse.Namespace(db=str(target), vin=VIN, signals=names), 1)
     starts = sorted({Fraction(line.split(",")[0]) for line in "".join(printed.kept).splitlines()[1:]})
     width = min((b - a for a, b in itertools.pairwise(starts)), default=Fraction(0))
@@ -143,6 +167,13 @@ def history_rows(
             "ms",
             f"{day}, all {SIGNALS} signals, --points {POINTS}: {printed.lines - 1} buckets of "
             f"{float(width):g} s, best of {RUNS} wall; stored in {build_cpu:.1f} CPU s with the rollups",
+        ),
+        (
+            f"history via the API, 1 day, {POINTS:,} points ({kind})",
+            api_s * 1000,
+            "ms",
+            f"GET /api/vehicles/{{vin}}/history on uvicorn, loopback HTTP, JSON: {api_buckets} buckets, best of "
+            f"{RUNS} wall; {api_s / max(query_s, 1e-9):.2f}x the CLI's query above",
         ),
         (
             f"export, the same day ({kind})",

@@ -17,10 +17,12 @@ instead of the SQLite file ``demo-out/receiver.sqlite``; the vehicles and the ch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +34,7 @@ from agent.decode import build_decoder
 from receiver import accuracy
 from receiver.pki import Pki
 from receiver.store import open_store
-from tests.harness.broker import SecureBroker
+from tests.harness.broker import SecureBroker, free_port
 from tests.harness.postgres import Postgres
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +91,7 @@ def make_pki(out: Path) -> Pki:
     receiver_cli("pki", "init", "--dir", str(root), "--address", "127.0.0.1", "--name", "localhost")
     for vin, _, _ in FLEET:
         receiver_cli("pki", "issue", "--dir", str(root), vin)
+    receiver_cli("pki", "issue", "--dir", str(root), "--receiver", "receiver-api")  # serve's own identity
     say(f"PKI in {root}: a CA, the broker's and the receiver's certificates, {len(FLEET)} vehicles'")
     return Pki(root)
 
@@ -129,6 +132,11 @@ def main() -> int:
     parser.add_argument("--outage", type=float, default=6.0, help="seconds the broker stays down")
     parser.add_argument("--out", type=Path, default=ROOT / "demo-out")
     parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the table, keep the broker, the receiver and the live page running until Ctrl-C",
+    )
+    parser.add_argument(
         "--store",
         choices=("sqlite", "postgresql"),
         default="sqlite",
@@ -159,14 +167,27 @@ def run_demo(args: argparse.Namespace, server: Postgres | None) -> int:
     say(f"mosquitto listening on 127.0.0.1:{broker.port}: TLS, client certificates, the generated ACL")
     store = out / "receiver.sqlite" if server is None else server.database()
     where = f"path: {store}" if server is None else f"dsn: '{store}'"
+    web_port = api_port()
+    receiver_yaml = (
+        f"store: {{{where}}}\nsecurity: {{fleet_key_file: {pki.fleet_key}}}\nlogging: {{format: json}}\n"
+        f"api: {{listen: '127.0.0.1:{web_port}'}}\n"
+    )
+    (out / "api.yaml").write_text(
+        f"{tls_config(pki, broker.port, 'receiver-api', receiver=True)}{receiver_yaml}"
+    )
     (out / "receiver.yaml").write_text(
-        f"{tls_config(pki, broker.port, 'receiver', receiver=True)}store: {{{where}}}\n"
-        f"security: {{fleet_key_file: {pki.fleet_key}}}\nlogging: {{format: json}}\n"
+        f"{tls_config(pki, broker.port, 'receiver', receiver=True)}{receiver_yaml}"
     )
     receiver = subprocess.Popen(
         [sys.executable, "-m", "receiver.cli", "run", "--config", str(out / "receiver.yaml")],
         stderr=open(out / "receiver.log", "wb"),  # noqa: SIM115 - the child process owns it
     )
+    api = subprocess.Popen(
+        [sys.executable, "-m", "receiver.cli", "serve", "--config", str(out / "api.yaml")],
+        stderr=open(out / "api.log", "wb"),  # noqa: SIM115 - the child process owns it
+    )
+    url = f"http://127.0.0.1:{web_port}/"
+    say(f"the live page: {url} (API docs: {url}docs)")
     agents: dict[str, subprocess.Popen[bytes]] = {}
     try:
         time.sleep(1.0)
@@ -202,14 +223,34 @@ def run_demo(args: argparse.Namespace, server: Postgres | None) -> int:
             running = [v for v, p in agents.items() if p.poll() is None]
             say(f"waiting for {len(running)} vehicle(s) to be fully acked")
             time.sleep(2.0)
+        if args.serve:
+            code = report(out, store, logs, agents)
+            say(
+                f"still serving the five vehicles at {url}: Ctrl-C stops the broker, the receiver and the page"
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                api.wait()
+            return code
     finally:
         for process in agents.values():
             if process.poll() is None:
                 process.kill()
-        receiver.send_signal(signal.SIGTERM)
-        receiver.wait(30)
+        for service in (api, receiver):
+            if service.poll() is None:
+                service.send_signal(signal.SIGTERM)
+                service.wait(30)
         broker.close()
     return report(out, store, logs, agents)
+
+
+def api_port() -> int:
+    """The live page's port: 8080 when it is free, else any free one."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 8080))
+        except OSError:
+            return free_port()
+    return 8080
 
 
 def _bounded_only(text: str) -> str:

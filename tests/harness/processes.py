@@ -56,6 +56,21 @@ def running_receiver(config: Path, log: Path, timeout: float = 30.0) -> Iterator
         process.wait(15)
 
 
+@contextmanager
+def running_api(config: Path, log: Path, timeout: float = 30.0) -> Iterator[subprocess.Popen[bytes]]:
+    """``edge-receiver serve --config config``, its stderr in ``log``, listening before this yields."""
+    with open(log, "w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "receiver.cli", "serve", "--config", str(config)], cwd=ROOT, stderr=errors
+        )
+    try:
+        wait_for_text(log, '"event": "api_started"', timeout, process)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+
+
 def exported(store: Path, vin: str) -> str:
     """The CSV ``edge-receiver export`` prints for ``vin``'s suite signals."""
     result = cli("receiver.cli", "export", "--db", str(store), "--vin", vin, "--signals", ",".join(SIGNALS))
