@@ -144,6 +144,18 @@ class UploadConfig:
     max_bytes_per_s: float = 0.0  # 0 = no bandwidth cap
 
 
+MAX_STATUS_SIGNALS = 16  # the retained status stays a few hundred bytes
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    """``signals``: sampled signals (``MESSAGE.SIGNAL``) whose latest value and time the retained MQTT
+    status carries, so that a dashboard sees the vehicle's present while its backlog drains oldest
+    first; empty (the default) = none."""
+
+    signals: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """The whole agent config. ``mqtt.client_id`` defaults to ``edge-agent-<vin>``."""
@@ -156,6 +168,7 @@ class AgentConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     upload: UploadConfig = field(default_factory=UploadConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
 
     def __post_init__(self) -> None:
         if self.mqtt.client_id is None:
@@ -180,6 +193,28 @@ def check_sampling(sampling: SamplingConfig, view: SectionView) -> None:
                 view.error(
                     key, f"signal {name!r} is not in sampling.signals{hint}", node=node, sub=f"[{name!r}]"
                 )
+
+
+def check_status(status: StatusConfig, view: SectionView) -> None:
+    if len(status.signals) > MAX_STATUS_SIGNALS:
+        view.error("signals", f"at most {MAX_STATUS_SIGNALS} signals, got {len(status.signals)}")
+
+
+def check_status_signals(config: AgentConfig, view: SectionView) -> None:
+    """Each of status.signals must be sampled; with sampling.signals empty (every signal of the DBCs),
+    the decoder checks them instead (:func:`agent.decode.decoder_for`)."""
+    sampled = config.sampling.signals
+    if not sampled:
+        return
+    names = child(view.given.get("status"), "signals")
+    for index, name in enumerate(config.status.signals):
+        if name not in sampled:
+            view.error(
+                "status",
+                f"signal {name!r} is not in sampling.signals{suggest(name, sampled)}",
+                node=child(names, index),
+                sub=f".signals[{index}]",
+            )
 
 
 SIGNAL_NAME = String(pattern=r"[^.\s]+\.[^.\s]+", rule="the form MESSAGE.SIGNAL")
@@ -245,7 +280,9 @@ AGENT_SCHEMA = Section(
             },
         ),
         "logging": LOGGING_SECTION,
+        "status": Section(StatusConfig, {"signals": ListOf(SIGNAL_NAME, unique=True)}, (check_status,)),
     },
+    (check_status_signals,),
 )
 
 

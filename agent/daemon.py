@@ -127,6 +127,7 @@ class Agent:
             wake,
             config.vin,
             max_hold_s=config.sampling.max_hold_s,
+            status_signals=config.status.signals,
         )
         self.uploader = Uploader(config.vin, config.upload, config.mqtt, buffer.path, wake)
         self.status_file = status_path(buffer.path)
@@ -212,6 +213,7 @@ class Agent:
             os.getpid(),
             self.boot_id.hex(),
             unacked_for_s=upload.unacked_for_s,
+            latest=self.pipeline.latest.snapshot(),  # the pipeline's published snapshot
         )
 
     def publish_status(self) -> StatusReport:
@@ -252,6 +254,7 @@ class Agent:
                 self.buffer.stats().chunks == 0 and not self.buffer.notices(1)
             ) or time.monotonic() > deadline:
                 break
+        self.publish_status()  # the last values sampled, before the will's OFFLINE replaces it
         self.shutdown()
         failed = self.failed_stages()
         backlog = self.buffer.stats()

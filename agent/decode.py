@@ -228,7 +228,13 @@ def decoder_for(config: AgentConfig) -> Decoder:
         for bus in config.buses
     ]
     s = config.sampling
-    return build_decoder(buses, s.signals, dict(s.bounds), s.predictor, dict(s.angles), s.bounds_preset)
+    decoder = build_decoder(buses, s.signals, dict(s.bounds), s.predictor, dict(s.angles), s.bounds_preset)
+    sampled = [spec.name for spec in decoder.signals]
+    missing = [name for name in config.status.signals if name not in sampled]
+    if missing:  # with sampling.signals given the config's parser said so already, with the line
+        hints = [f"{n!r}{suggest(n, sampled) or ' (no similar name)'}" for n in missing]
+        raise ConfigError("status.signals: not sampled: " + "; ".join(hints))
+    return decoder
 
 
 def build_decoder(

@@ -17,17 +17,21 @@ Contract
   and stops the agent. ``finished`` is set once the source has ended and the last commit succeeded; a
   stop request commits what was sampled and leaves ``finished`` unset. The counters are written by the
   pipeline's thread only: read them after :meth:`~agent.stage.Stage.join`.
+- ``latest`` (:class:`agent.latest.LatestValues`) tracks the ``status_signals`` on every tick and is
+  published once per turn (and after the last tick); other threads read only its snapshot.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 
 from agent.buffer import Buffer, BufferWriter
 from agent.chunk import Chunker
 from agent.config import BufferConfig
 from agent.decode import Decoder
+from agent.latest import LatestValues
 from agent.sample import Sampler, to_micros
 from agent.service.logs import get_logger
 from agent.source import FrameFeed
@@ -49,6 +53,7 @@ class Pipeline(Stage):
         wake: threading.Event,
         vin: str,
         max_hold_s: float | None = None,
+        status_signals: Sequence[str] = (),
     ) -> None:
         super().__init__("pipeline", IDLE_WAIT_S, get_logger("agent.pipeline", vin=vin))
         self.decoder = decoder
@@ -56,10 +61,11 @@ class Pipeline(Stage):
         self.feed = feed
         self.buffer_path = buffer.path
         self.chunker = Chunker(schema, boot_id, chunk_samples)
+        self.latest = LatestValues(schema, status_signals)
         self.sampler = Sampler(
             schema.rate,
             len(schema.signals),
-            self.chunker.add,
+            self.latest.wrap(self.chunker.add),
             max_hold_s=max_hold_s,
             periods=getattr(decoder, "periods", ()),
         )
@@ -99,6 +105,7 @@ class Pipeline(Stage):
             return False
         for frame in frames:
             feed_sampler(to_micros(frame.timestamp), decode(frame))
+        self.latest.publish()
         if time.monotonic() >= self._next_commit:
             self.commit(self._buffer, self._schema_id)
             self._next_commit = time.monotonic() + self.commit_interval_s
@@ -125,6 +132,7 @@ class Pipeline(Stage):
             self.commit(self._buffer, self._schema_id)
             return
         self.sampler.finish()
+        self.latest.publish()
         if self.commit(self._buffer, self._schema_id):
             self.finished.set()
 

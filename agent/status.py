@@ -10,6 +10,9 @@ Contract (who owns what, across threads)
   a time to drain with :func:`drain_eta`.
 - :class:`UploadCounters` is the uploader thread's mutable tally; every other thread gets a copy inside
   an :class:`UploadStatus`.
+- :attr:`StatusReport.latest` comes from the pipeline's published snapshot (:mod:`agent.latest`). The
+  status file holds the report as JSON (:meth:`StatusReport.as_json`); a file written before a field
+  existed still reads (:meth:`StatusReport.from_json`: the field takes its default).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.wire import telemetry_pb2 as pb
 
@@ -78,6 +81,14 @@ def drain_eta(backlog_samples: int, samples_per_s: float | None) -> float | None
     return None if not samples_per_s else backlog_samples / samples_per_s
 
 
+class Latest(NamedTuple):
+    """A configured signal's latest sampled value (physical) and its tick's time on the vehicle's clock."""
+
+    name: str  # MESSAGE.SIGNAL
+    value: float | int
+    at: float
+
+
 @dataclass(frozen=True)
 class StatusReport:
     vin: str
@@ -94,6 +105,7 @@ class StatusReport:
     boot_id: str
     updated_at: float
     unacked_for_s: float | None = None  # in NOT_ACKED: how long the receiver has not acked
+    latest: tuple[Latest, ...] = ()  # status.signals' latest values (agent.latest)
 
     @classmethod
     def from_stats(
@@ -105,6 +117,7 @@ class StatusReport:
         pid: int = 0,
         boot_id: str = "",
         unacked_for_s: float | None = None,
+        latest: tuple[Latest, ...] = (),
     ) -> StatusReport:
         """A report from the buffer's running totals (``agent.buffer.BufferStats``)."""
         now = time.time()
@@ -123,7 +136,18 @@ class StatusReport:
             boot_id=boot_id,
             updated_at=now,
             unacked_for_s=unacked_for_s,
+            latest=latest,
         )
+
+    def as_json(self) -> dict[str, Any]:
+        """The report as a JSON object (``latest``: a list of objects with name, value and at)."""
+        return {**asdict(self), "latest": [entry._asdict() for entry in self.latest]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StatusReport:
+        """The report :meth:`as_json` wrote; a missing field (an older file) takes its default."""
+        latest = tuple(Latest(**entry) for entry in data.get("latest", ()))
+        return cls(**{**data, "latest": latest})
 
     def line(self) -> str:
         """One line, as `systemctl status` shows it."""
@@ -155,6 +179,9 @@ class StatusReport:
             dropped_chunks=self.dropped_chunks,
             agent_version=version,
             updated_at=self.updated_at,
+            drain_eta_s=self.drain_eta_s or 0.0,
+            drain_eta_known=self.drain_eta_s is not None,
+            latest=[pb.LatestValue(name=e.name, value=e.value, at=e.at) for e in self.latest],
         )
 
 
@@ -180,15 +207,15 @@ def write_status_file(path: Path, report: StatusReport) -> None:
     """Atomic (rename), not durable: a status lost in a power cut is rewritten a second later."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     with open(temporary, "w") as out:
-        json.dump(asdict(report), out)
+        json.dump(report.as_json(), out)
     os.replace(temporary, path)
 
 
 def read_status_file(path: Path) -> StatusReport | None:
     """The running daemon's last report, or None when there is none, it is stale or its process is gone."""
     try:
-        report = StatusReport(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+        report = StatusReport.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
     if time.time() - report.updated_at > STALE_AFTER_S:
         return None

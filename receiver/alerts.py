@@ -209,6 +209,16 @@ def episodes(store: Store, vin: str | None = None, since: float | None = None) -
     return [_as_dict(row) for row in store.db.fetch(sql, params)]
 
 
+def expire(db: Db, cutoff: Fraction) -> int:
+    """Retention: delete the episodes that ended before ``cutoff`` (s, vehicle clock) and were published
+    (an unpublished one waits for its message, however old); return how many went."""
+    before = db.fetch("SELECT count(*) FROM alerts")[0][0]
+    db.execute(
+        "DELETE FROM alerts WHERE end_at IS NOT NULL AND end_at < ? AND published = 1", (float(cutoff),)
+    )
+    return int(before - db.fetch("SELECT count(*) FROM alerts")[0][0])
+
+
 def _has_table(db: Db) -> bool:
     if db.dialect == "sqlite":
         return bool(db.fetch("SELECT 1 FROM sqlite_master WHERE name = 'alerts'"))

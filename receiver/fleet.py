@@ -64,7 +64,7 @@ def parse_status(vin: str, payload: bytes, previous: VehicleStatus | None) -> Ve
     status = wire.decode_status(payload)
     if status.vin != vin:
         raise WireError(f"status is for vin {status.vin!r} but was published under vin {vin!r}")
-    eta = getattr(status, "drain_eta_s", 0.0)
+    eta = status.drain_eta_s  # meaningful only with drain_eta_known (an older agent sends neither)
     latest = {item.name: {"value": item.value, "at": item.at} for item in getattr(status, "latest", ())}
     seen = status.updated_at or (previous.last_seen if previous else None)
     return VehicleStatus(
@@ -76,9 +76,10 @@ def parse_status(vin: str, payload: bytes, previous: VehicleStatus | None) -> Ve
         oldest_age_s=status.oldest_age_s or None,
         last_ack_at=status.last_ack_at or None,
         dropped_chunks=status.dropped_chunks,
-        drain_eta_s=None if eta < 0 or (eta == 0 and status.backlog_samples) else eta,
+        drain_eta_s=eta if getattr(status, "drain_eta_known", False) else None,
         agent_version=status.agent_version,
         last_seen=seen,
+        # A last will (no time, no values) keeps the present the vehicle last reported.
         latest=latest or (previous.latest if previous and not status.updated_at else {}),
     )
 

@@ -177,6 +177,7 @@ class Store(Reads):
     def _expire_derived(self, db: Db, cutoff: Fraction) -> None:
         """Retention of the derived tables: what is about data before ``cutoff`` (s, vehicle clock)."""
         rollups.expire(db, cutoff)
+        alerts.expire(db, cutoff)
 
     # --- writing -----------------------------------------------------------------------------------------
 

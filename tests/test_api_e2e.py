@@ -52,9 +52,10 @@ def test_live_feed_fleet_table_and_metrics_follow_a_replay(broker: Broker, tmp_p
 
         threading.Thread(target=listen, daemon=True).start()
         drive = ROOT / "replay_logs" / "city.log.gz"
-        agent = start_replay(
-            drive, agent_config(tmp_path, broker.port, VIN, drive, speed="30"), tmp_path / "agent.log"
-        )
+        agent_yaml = agent_config(tmp_path, broker.port, VIN, drive, speed="30")
+        with agent_yaml.open("a") as out:
+            out.write("status: {signals: [DriveSpeed.VehicleSpeed]}\n")
+        agent = start_replay(drive, agent_yaml, tmp_path / "agent.log")
 
         def values() -> list[dict[str, object]]:
             return [m for _, m in messages if m.get("type") == "values" and m.get("vin") == VIN]
@@ -79,6 +80,8 @@ def test_live_feed_fleet_table_and_metrics_follow_a_replay(broker: Broker, tmp_p
             10,
             "the live feed did not reach the last stored tick",
         )
+        present = vehicle()["latest"]["DriveSpeed.VehicleSpeed"]  # the agent's own word (status.signals)
+        assert present["at"] == pytest.approx(vehicle()["stored_until"], abs=0.05)
         untils = [m["until"] for m in values()]
         assert untils == sorted(untils)  # each push starts after the last one: nothing twice, in order
     # `run` records its totals at stop; the store outlives both processes

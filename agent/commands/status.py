@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from agent.buffer import Buffer
@@ -57,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return NO_BUFFER
     report = live or from_buffer(config.vin, config.buffer.path)
     if args.json:
-        print(json.dumps({**asdict(report), "source": "daemon" if live else "buffer file"}))
+        print(json.dumps({**report.as_json(), "source": "daemon" if live else "buffer file"}))
         return 0
     now = time.time()
     origin = f"running daemon (pid {report.pid})" if live else "buffer file (the daemon is not running)"
@@ -74,5 +73,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"dropped:        {report.dropped_chunks} chunks ({report.dropped_samples} samples) by the buffer cap"
     )
+    for entry in report.latest:  # status.signals: the present, while the backlog drains
+        print(f"latest:         {entry.name} = {entry.value} at {entry.at:.6f} s")
     print(f"buffer:         {config.buffer.path}")
     return 0

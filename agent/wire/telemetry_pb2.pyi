@@ -296,8 +296,11 @@ class Status(_message.Message):
         "backlog_bytes",
         "backlog_chunks",
         "backlog_samples",
+        "drain_eta_known",
+        "drain_eta_s",
         "dropped_chunks",
         "last_ack_at",
+        "latest",
         "oldest_age_s",
         "state",
         "updated_at",
@@ -313,6 +316,9 @@ class Status(_message.Message):
     DROPPED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_ETA_S_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_ETA_KNOWN_FIELD_NUMBER: _ClassVar[int]
     vin: str
     state: str
     backlog_chunks: int
@@ -323,6 +329,9 @@ class Status(_message.Message):
     dropped_chunks: int
     agent_version: str
     updated_at: float
+    drain_eta_s: float
+    latest: _containers.RepeatedCompositeFieldContainer[LatestValue]
+    drain_eta_known: bool
     def __init__(
         self,
         vin: str | None = ...,
@@ -335,4 +344,17 @@ class Status(_message.Message):
         dropped_chunks: int | None = ...,
         agent_version: str | None = ...,
         updated_at: float | None = ...,
+        drain_eta_s: float | None = ...,
+        latest: _Iterable[LatestValue | _Mapping] | None = ...,
+        drain_eta_known: bool | None = ...,
     ) -> None: ...
+
+class LatestValue(_message.Message):
+    __slots__ = ("at", "name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    at: float
+    def __init__(self, name: str | None = ..., value: float | None = ..., at: float | None = ...) -> None: ...
