@@ -112,6 +112,7 @@ def write_configs(out: Path, pki: Pki, port: int, vin: str, log: Path) -> Path:
         f"vin: {vin}\nsource: {{kind: replay, log: {log}, speed: max}}\n"
         f"buses:\n  - {{channel: can0, dbc: [{DBC}]}}\n"
         f"buffer: {{path: {out / vin}-buffer.sqlite}}\n{lossy}"
+        "status: {signals: [DriveSpeed.VehicleSpeed, BatteryState.StateOfCharge, Thermal.MotorTemp]}\n"
         f"{tls_config(pki, port, vin)}  auth_key_file: {pki.auth_key(vin)}\nlogging: {{format: json}}\n"
     )
     return config
