@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import wire
 from agent.errors import ConfigError
-from agent.sim import write_log
+from agent.sim import default_dbc, simulate, write_log
 from agent.source import read_log
 from agent.wire.values import RawValue, Schema, SignalSpec
 from receiver import alerts
@@ -43,6 +43,7 @@ from tests.harness.batches import BOOT, VIN, chunk, payload
 from tests.harness.broker import Broker
 from tests.harness.drive import DBC
 from tests.harness.peer import TIMEOUT, Peer
+from tests.harness.processes import sample_csv
 from tests.harness.sampled import Sealed, payloads, sealed
 from tests.harness.waiting import wait_for
 
@@ -132,18 +133,7 @@ def head(log: Path, seconds: float, out: Path) -> Path:
 def panic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Sealed, str]:
     """The first 120 s of the panic braking drive (two panic stops), sealed, and its sample CSV."""
     log = head(LOG, 120.0, tmp_path_factory.mktemp("panic") / "panic.log.gz")
-    command = [
-        sys.executable,
-        "-m",
-        "agent.cli",
-        "sample",
-        str(log),
-        "--dbc",
-        str(DBC),
-        "--signals",
-        ",".join(NAMES),
-    ]
-    csv = subprocess.run(command, check=True, capture_output=True, text=True, timeout=60).stdout
+    csv = sample_csv(log, NAMES)
     return sealed(log, NAMES, BOOT), csv
 
 
@@ -303,3 +293,55 @@ def test_an_episode_on_a_lossy_signal_says_so(new_target: Callable[[], str | Pat
     end = next(i for i, h in enumerate(held) if i > start and h <= 11.0)
     want = (start / 10, end / 10, max(held[start:end]), 1.0, True)
     assert (got["start"], got["end"], got["peak"], got["bound"], got["lossy"]) == want
+
+
+def test_retention_deletes_published_episodes_that_ended_before_the_cutoff(
+    panic: tuple[Sealed, str], tmp_path: Path
+) -> None:
+    drive, _ = panic
+    target = tmp_path / "store.sqlite"
+    deliver(target, drive, [list(range(len(drive.chunks)))])
+    with Store(target) as store:
+        every = alerts.episodes(store)
+        ended = sorted(e["end"] for e in every if e["end"] is not None)  # type: ignore[type-var]
+        cutoff = Fraction(ended[len(ended) // 2]) + Fraction(1, 1000)
+        store.write(
+            "publish", lambda db: alerts.mark_published(db, [(int(e["id"]), True) for e in every[1:]])
+        )  # type: ignore[call-overload]
+        gone: list[int] = []
+        store.write("expire", lambda db: gone.append(alerts.expire(db, cutoff)))
+        kept = alerts.episodes(store)
+    expected = [e for e in every if e is every[0] or e["end"] is None or e["end"] >= cutoff]  # type: ignore[operator]
+    assert kept == expected and gone == [len(every) - len(expected)] and gone[0] > 0
+
+
+HOT = [rule for rule in DEFAULT_RULES if rule.name in ("motor_overheat", "coolant_overheat")]
+
+
+@pytest.fixture(scope="module")
+def overheat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Sealed, str]:
+    """A 300 s overheat drive (seed 5: the fan fails, coolant and motor pass their rules, then cool)."""
+    log = tmp_path_factory.mktemp("overheat") / "overheat.log.gz"
+    write_log(log, simulate("overheat", 300.0, 5, default_dbc()))
+    names = sorted({rule.signal for rule in HOT})
+    command = [sys.executable, "-m", "agent.cli", "sample", str(log), "--dbc", str(DBC), "--signals"]
+    csv = subprocess.run([*command, ",".join(names)], check=True, capture_output=True, text=True, timeout=60)
+    return sealed(log, names, BOOT), csv.stdout
+
+
+def test_overheat_episodes_found_exactly_once_in_any_delivery(
+    overheat: tuple[Sealed, str], new_target: Callable[[], str | Path]
+) -> None:
+    drive, csv = overheat
+    n = len(drive.chunks)
+    want = {(r.name, s, e, p) for r in HOT for s, e, p in independent(csv, r)}
+    assert {w[0] for w in want} == {"motor_overheat", "coolant_overheat"}
+    assert all(w[2] is not None for w in want)  # each cooled back past its hysteresis: the episode ended
+    in_order = [list(range(i, min(i + 20, n))) for i in range(0, n, 20)]
+    assert deliver(new_target(), drive, in_order) == want
+    twice = [g for group in in_order for g in (group, group)]
+    assert deliver(new_target(), drive, twice, reopen_at=len(twice) // 2) == want
+    shuffled = list(range(n))
+    random.Random(13).shuffle(shuffled)
+    groups = [shuffled[i : i + 15] for i in range(0, n, 15)]
+    assert deliver(new_target(), drive, groups + groups[:5], reopen_at=7) == want

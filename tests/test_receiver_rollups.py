@@ -5,8 +5,6 @@ delivered twice or shuffled, with overlapping boots of two rates, and built for 
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from fractions import Fraction
@@ -26,6 +24,7 @@ from receiver.store import RateConflictError, Store
 from receiver.windows import NS, WIDTHS
 from tests.harness.batches import BOOT, OTHER_BOOT, VIN, batch, chunk
 from tests.harness.drive import DBC
+from tests.harness.processes import sample_csv
 from tests.harness.sampled import Sealed, payloads, sealed
 
 NAMES = ["DriveSpeed.VehicleSpeed", "MotorStatus.MotorRPM", "Gear.Gear", "BatteryState.StateOfCharge"]
@@ -38,18 +37,7 @@ def drive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Sealed, str]:
     """A 60 s drive, its chunks as the agent seals them, and ``edge-agent sample``'s CSV of it."""
     log = tmp_path_factory.mktemp("drive") / "city.log.gz"
     write_log(log, simulate("city", 60.0, 7, DBC, start_time=START))
-    command = [
-        sys.executable,
-        "-m",
-        "agent.cli",
-        "sample",
-        str(log),
-        "--dbc",
-        str(DBC),
-        "--signals",
-        ",".join(NAMES),
-    ]
-    csv = subprocess.run(command, check=True, capture_output=True, text=True, timeout=60).stdout
+    csv = sample_csv(log, NAMES)
     return log, sealed(log, NAMES, BOOT), csv
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-UNITS = ("edge-agent.service", "edge-receiver.service")
+UNITS = ("edge-agent.service", "edge-receiver.service", "edge-receiver-api.service")
 MAX_EXPOSURE = 1.5
 SYSTEM_UNITS = next(
     (

@@ -1,4 +1,4 @@
-"""The driver: four personalities, each a small stochastic state machine over one ``random.Random``.
+"""The driver: five personalities, each a small stochastic state machine over one ``random.Random``.
 
 A drive always runs ``park`` (gear P) -> ``shift`` (brake pressed, gear D) -> the personality's own states
 -> ``final_stop`` (early enough to stop comfortably before the end) -> ``park_end`` (gear P). The
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from agent.sim.physics import COAST_PEDAL, GEAR_D, GEAR_P, GRAVITY, Controls, Vehicle, clamp
 
-PERSONALITIES: tuple[str, ...] = ("highway", "city", "aggressive", "panic_braking")
+PERSONALITIES: tuple[str, ...] = ("highway", "city", "aggressive", "panic_braking", "overheat")
 KMH = 1.0 / 3.6
 
 
@@ -37,7 +37,12 @@ STYLES = {
     "city": Style((1.2, 2.0), (1.5, 2.5), 3.0, 0.7, (2.0, 3.0), 0.25),
     "aggressive": Style((6.0, 10.0), (6.0, 9.8), 15.0, 1.5, (5.0, 6.5), 0.08),
     "panic_braking": Style((1.2, 2.0), (1.2, 2.2), 3.0, 0.6, (2.0, 3.0), 0.25),
+    "overheat": Style((5.0, 8.0), (4.0, 7.0), 10.0, 1.2, (3.0, 4.5), 0.12),
 }
+FAULT_AT = 5.0  # s into the drive: the overheat personality's radiator fan fails
+FAULT_COOLING = 0.02  # share of the radiator left: a seized fan and a clogged core
+LIMP_MOTOR_C, LIMP_COOLANT_C = 155.0, 98.0  # the driver notices the derate and the gauge: pulls over
+COOLED_MOTOR_C, COOLED_COOLANT_C = 110.0, 80.0  # ... and drives on gently once it has cooled
 
 
 class Path:
@@ -96,6 +101,10 @@ class Driver:
         self.path, self.wander, self.wander_rate, self.last_distance = Path(), 0.0, 0.0, 0.0
         self.brake_hold, self.turn_radius, self.turn_angle = False, 10.0, math.pi / 2.0
         self.now, self.dt = 0.0, 0.01
+        if personality == "overheat":  # off a long climb: the car starts warm (no rng draw: others unchanged)
+            vehicle.state.coolant_temp += 55.0
+            vehicle.state.motor_temp += 75.0
+            vehicle.state.battery_temp += 10.0
 
     def _pick(self, bounds: tuple[float, float]) -> float:
         return self.rng.uniform(*bounds)
@@ -295,3 +304,38 @@ class Driver:
                 self._to("slow", self.rng.uniform(5.0, 10.0))
                 return
             self.timer = self.rng.uniform(8.0, 20.0)
+
+    def _overheat(self, v: float) -> None:
+        """Hard laps with a failing radiator fan (on at ``FAULT_AT``), a stop to cool down, then gently on.
+
+        The fan fault is intermittent: it clears while the car stands, so the temperatures fall back and
+        the episodes end (the receiver's hysteresis), and it does not come back for the rest of the drive.
+        """
+        car = self.car.state
+        if self.state in ("start", "launch", "launching", "hot", "late_brake") and self.now >= FAULT_AT:
+            self.car.cooling = FAULT_COOLING
+        if self.state in ("launch", "launching", "hot", "late_brake") and (
+            car.motor_temp > LIMP_MOTOR_C or car.coolant_temp > LIMP_COOLANT_C
+        ):
+            self._go(0.0, decel=3.0)
+            self._to("pull_over")
+        elif self.state in ("start", "launch"):
+            self._go(self.rng.uniform(110.0, 150.0))
+            self._to("launching")
+        elif self.state == "launching" and v >= self.target - 1.0:
+            self._to("hot", self.rng.uniform(2.0, 5.0))
+        elif self.state == "hot" and self.timer <= 0.0:
+            self._go(self.rng.uniform(30.0, 60.0))
+            self._to("late_brake")
+        elif self.state == "late_brake" and v <= self.target + 0.3:
+            self._to("launch")
+        elif self.state == "pull_over" and v == 0.0:
+            self.car.cooling = 1.0
+            self._to("cooling")
+        elif (
+            self.state == "cooling"
+            and car.motor_temp < COOLED_MOTOR_C
+            and car.coolant_temp < COOLED_COOLANT_C
+        ):
+            self._go(self.rng.uniform(30.0, 50.0), accel=1.2, decel=1.5)
+            self._to("gentle")

@@ -150,6 +150,7 @@ class Vehicle:
             battery_temp=self.ambient + rng.uniform(2.0, 12.0),
         )
         self._abs_phase = 0.0
+        self.cooling = 1.0  # share of the radiator's capacity left: below 1 only while a fault is on
         self._electrical(0.0, 0.0, 0.0)
 
     # -- what the driver (and the feed-forward of its pedal model) can know about the car -------------
@@ -287,6 +288,9 @@ class Vehicle:
         to_battery = p.battery_to_coolant * (s.battery_temp - s.coolant_temp)
         opening = clamp((s.coolant_temp - 35.0) / 10.0, 0.0, 1.0)  # thermostat
         radiator = p.radiator_closed + opening * (p.radiator_open + p.radiator_per_speed * self.speed)
+        if self.cooling != 1.0:  # only the overheat personality's fault: no new float ops otherwise
+            radiator *= self.cooling  # a seized fan and pump: the radiator and the pack's loop barely flow
+            to_battery *= self.cooling
         s.motor_temp += (motor_loss - to_motor) / p.motor_heat_capacity * dt
         s.battery_temp += (current * current * resistance - to_battery) / p.battery_heat_capacity * dt
         heat = to_motor + to_battery - radiator * (s.coolant_temp - self.ambient)

@@ -141,7 +141,7 @@ def project_wheel(tools: Path, work: Path, wheels: Path, env: dict[str, str]) ->
         ):
             shutil.copy2(item, src / item.name)
     for package in ("agent", "receiver"):
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "node_modules", "vendor")
         shutil.copytree(ROOT / package, src / package, ignore=ignore)
     script = "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))"
     name = run([tools, "-c", script, wheels], env, cwd=src).strip().splitlines()[-1]
@@ -206,6 +206,39 @@ def strip(site: Path, env: dict[str, str]) -> None:
                 digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
                 lines[i] = f"{name},sha256={digest},{len(data)}\n"
         record.write_text("".join(lines))
+
+
+# The files of the npm packages (receiver/web/package-lock.json) that the live page and /docs load, plus
+# their licences; copied to receiver/web/vendor/ (receiver/api.py looks there first). Nothing else of
+# node_modules ships: @scarf/scarf, swagger-ui-dist's install-time analytics, in particular.
+VENDOR_FILES = (
+    "uplot/LICENSE",
+    "uplot/dist/uPlot.iife.min.js",
+    "uplot/dist/uPlot.min.css",
+    "swagger-ui-dist/LICENSE",
+    "swagger-ui-dist/NOTICE",
+    "swagger-ui-dist/swagger-ui-bundle.js",
+    "swagger-ui-dist/swagger-ui-bundle.js.LICENSE.txt",
+    "swagger-ui-dist/swagger-ui.css",
+    "swagger-ui-dist/favicon-32x32.png",
+)
+
+
+def vendor(site: Path, work: Path, env: dict[str, str]) -> None:
+    """The page's browser libraries into the venv, from receiver/web/node_modules or, when the tree has
+    none, from ``npm ci --ignore-scripts`` on a copy of receiver/web (the lockfile pins them)."""
+    web = ROOT / "receiver" / "web"
+    modules = web / "node_modules"
+    if not all((modules / f).is_file() for f in VENDOR_FILES):
+        npm_dir = work / "npm"
+        npm_dir.mkdir()
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy2(web / name, npm_dir / name)
+        # --ignore-scripts: no install script runs (@scarf/scarf's analytics among them).
+        run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], env, cwd=npm_dir)
+        modules = npm_dir / "node_modules"
+    for name in VENDOR_FILES:
+        write(site / "receiver/web/vendor" / name, (modules / name).read_bytes())
 
 
 def check_copyright(site: Path) -> None:
@@ -309,7 +342,8 @@ def man_pages(stage: Path, venv: Path, work: Path, env: dict[str, str]) -> None:
         "edge-receiver": dict(
             receiver_note=" for edge-agent; edge-receiver run reads it",
             state="/var/lib/edge-receiver/store.sqlite", state_note="The store of received samples.",
-            unit_note=", installed but not enabled",
+            unit_note=", installed but not enabled; and\n.I /usr/lib/systemd/system/edge-receiver-api.service\n"
+            "for edge-receiver serve (the HTTP API and the live page), installed but not enabled too",
         ),
     }  # fmt: skip
     bindir = work / "man-bin"
@@ -431,9 +465,11 @@ def main() -> None:
     agent_unit = args.units / "edge-agent.service"
     if not agent_unit.exists():
         raise SystemExit(f"build.py: {agent_unit} is missing")
-    units = [u for u in (agent_unit, args.units / "edge-receiver.service") if u.exists()]
-    if len(units) == 1:
-        log(f"warning: {args.units / 'edge-receiver.service'} is missing: the package will not have it")
+    optional = (args.units / "edge-receiver.service", args.units / "edge-receiver-api.service")
+    units = [agent_unit] + [u for u in optional if u.exists()]
+    for unit in optional:
+        if not unit.exists():
+            log(f"warning: {unit} is missing: the package will not have it")
 
     work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
@@ -448,6 +484,7 @@ def main() -> None:
     venv = make_venv(stage, tools, sorted(wheels.glob("*.whl")), pyver, env)
     site = venv / "lib" / f"python{pyver}" / "site-packages"
     strip(site, env)
+    vendor(site, work, env)
     # The pins must satisfy the project's dependencies as pyproject.toml declares them now.
     check = subprocess.run(
         [tools, "-m", "pip", "--python", venv / "bin/python3", "check"],

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import AbstractContextManager as ContextManager
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,33 +43,40 @@ def receiver_yaml(path: Path, port: int, store: Path, extra: str = "") -> Path:
 
 
 @contextmanager
-def running_receiver(config: Path, log: Path, timeout: float = 30.0) -> Iterator[subprocess.Popen[bytes]]:
-    """``edge-receiver run --config config``, its stderr in ``log``, subscribed before this yields."""
+def running_service(
+    verb: str, config: Path, log: Path, ready: str, timeout: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``edge-receiver <verb> --config config``, its stderr in ``log``, yielded once the JSON event
+    ``ready`` is in its log (a condition, not a sleep); stopped with SIGTERM."""
     with open(log, "w") as errors:
         process = subprocess.Popen(
-            [sys.executable, "-m", "receiver.cli", "run", "--config", str(config)], cwd=ROOT, stderr=errors
+            [sys.executable, "-m", "receiver.cli", verb, "--config", str(config)], cwd=ROOT, stderr=errors
         )
     try:
-        wait_for_text(log, '"event": "subscribed"', timeout, process)
+        wait_for_text(log, f'"event": "{ready}"', timeout, process)
         yield process
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(15)
 
 
-@contextmanager
-def running_api(config: Path, log: Path, timeout: float = 30.0) -> Iterator[subprocess.Popen[bytes]]:
-    """``edge-receiver serve --config config``, its stderr in ``log``, listening before this yields."""
-    with open(log, "w") as errors:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "receiver.cli", "serve", "--config", str(config)], cwd=ROOT, stderr=errors
-        )
-    try:
-        wait_for_text(log, '"event": "api_started"', timeout, process)
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(15)
+def running_receiver(
+    config: Path, log: Path, timeout: float = 30.0
+) -> ContextManager[subprocess.Popen[bytes]]:
+    """``edge-receiver run``, subscribed before this yields."""
+    return running_service("run", config, log, "subscribed", timeout)
+
+
+def running_api(config: Path, log: Path, timeout: float = 30.0) -> ContextManager[subprocess.Popen[bytes]]:
+    """``edge-receiver serve``, listening before this yields."""
+    return running_service("serve", config, log, "api_started", timeout)
+
+
+def sample_csv(log: Path, names: list[str]) -> str:
+    """The CSV ``edge-agent sample`` prints for ``log``'s signals ``names`` (the reference EV's DBC)."""
+    result = cli("agent.cli", "sample", str(log), "--dbc", str(DBC), "--signals", ",".join(names))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def exported(store: Path, vin: str) -> str:
@@ -80,6 +88,4 @@ def exported(store: Path, vin: str) -> str:
 
 def truth(log: Path) -> str:
     """The CSV ``edge-agent sample`` prints for ``log``: what the store must hold, byte for byte."""
-    result = cli("agent.cli", "sample", str(log), "--dbc", str(DBC), "--signals", ",".join(SIGNALS))
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    return sample_csv(log, SIGNALS)
