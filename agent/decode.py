@@ -37,6 +37,7 @@ from cantools.database.errors import Error as CantoolsError
 from agent.config import BOUNDS_PRESETS, AgentConfig
 from agent.dbc import load_dbc
 from agent.errors import ConfigError, DbcError
+from agent.latest import check_sampled
 from agent.service.logs import get_logger
 from agent.service.schema import suggest
 from agent.wire import predictors as predict
@@ -229,11 +230,7 @@ def decoder_for(config: AgentConfig) -> Decoder:
     ]
     s = config.sampling
     decoder = build_decoder(buses, s.signals, dict(s.bounds), s.predictor, dict(s.angles), s.bounds_preset)
-    sampled = [spec.name for spec in decoder.signals]
-    missing = [name for name in config.status.signals if name not in sampled]
-    if missing:  # with sampling.signals given the config's parser said so already, with the line
-        hints = [f"{n!r}{suggest(n, sampled) or ' (no similar name)'}" for n in missing]
-        raise ConfigError("status.signals: not sampled: " + "; ".join(hints))
+    check_sampled(config.status.signals, [spec.name for spec in decoder.signals])
     return decoder
 
 

@@ -26,13 +26,18 @@ from agent.status import Latest
 from agent.wire.values import RawValue, Schema
 
 
+def check_sampled(names: Sequence[str], sampled: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` naming each of ``names`` (``status.signals``) that is not sampled."""
+    missing = [name for name in names if name not in sampled]
+    if missing:
+        hints = [f"{n!r}{suggest(n, sampled) or ' (no similar name)'}" for n in missing]
+        raise ConfigError("status.signals: not sampled: " + "; ".join(hints))
+
+
 class LatestValues:
     def __init__(self, schema: Schema, names: Sequence[str]) -> None:
+        check_sampled(names, schema.names)  # a config built in code; a parsed one was checked already
         index = {name: column for column, name in enumerate(schema.names)}
-        missing = [name for name in names if name not in index]
-        if missing:  # a config built in code (no validation); a parsed one was checked with its lines
-            hints = [f"{n!r}{suggest(n, index) or ' (no similar name)'}" for n in missing]
-            raise ConfigError("status.signals: not sampled: " + "; ".join(hints))
         self.schema = schema
         self.names = tuple(names)
         self.columns = tuple(index[name] for name in names)

@@ -4,13 +4,13 @@ Where and when. :func:`derive` runs in each batch's transaction (``Store._derive
 chunks are written. Each boot of a vin is evaluated in tick order, chunk by chunk in seq order, from a
 cursor ``alert_cursor(vin, boot_id, next_seq, state)`` (``state``: JSON of each rule's run in progress).
 When a batch brings the boot's chunk ``next_seq`` (or an eviction notice that covers it), that chunk and
-every later one already stored that is now contiguous are read back from the store (the values it
-stores, physical, :mod:`receiver.column`) and evaluated, and the cursor advances past them. A chunk that
+every later one already stored that is now contiguous are evaluated, with the values the store holds
+(physical, :mod:`receiver.column`): the batch's own chunks from memory (the same values the commit
+writes, overlaps removed), those that waited read back from the store, and the cursor advances past them. A chunk that
 arrives ahead of a missing one waits, stored and not yet evaluated; a seq the gap ledger records
 (evicted by the agent, expired here) is skipped. Duplicates reach nothing (the store dedupes them before
 the hook), and a receiver killed before the commit leaves neither episodes nor cursor: so each episode
-is found exactly once, whatever is delivered twice, out of order, or again after a crash. A boot's
-values are read back rather than taken from the batch so that one path serves fresh and waiting chunks.
+is found exactly once, whatever is delivered twice, out of order, or again after a crash.
 
 Table ``alerts(id, vin, rule, signal, severity, boot_id, start_at, end_at, peak, peak_at, threshold, bound,
 published)``, unique on (vin, rule, boot_id, start_at); times in seconds on the vehicle's clock (tick /
@@ -102,12 +102,37 @@ def derive(db: Db, batch: DecodedBatch, fresh: Sequence[Any], rules: Sequence[Al
     watched = [rule for rule in rules if rule.signal in signals]
     if not watched:  # no rule on this vehicle's signals: nothing to follow
         return
+    in_hand = _in_hand(batch, fresh, watched, signals)
     for boot in boots:
-        _advance(db, vin, boot, batch.schema.rate, watched, signals)
+        _advance(db, vin, boot, batch.schema.rate, watched, signals, in_hand)
+
+
+def _in_hand(
+    batch: DecodedBatch, fresh: Sequence[Any], rules: list[AlertRule], signals: dict[str, Any]
+) -> dict[int, tuple[Sequence[int], dict[int, list[Any]]]]:
+    """Per new chunk id, its ticks and the physical values of the watched signals, from the batch in
+    memory (what the store just wrote, overlaps removed): only chunks that waited are read back."""
+    places = {name: place for place, name in enumerate(batch.schema.names)}
+    watched = {rule.signal for rule in rules if rule.signal in places}
+    out: dict[int, tuple[Sequence[int], dict[int, list[Any]]]] = {}
+    for new in fresh:
+        columns = {}
+        for name in watched:
+            spec, raws = batch.schema.signals[places[name]], new.columns[places[name]]
+            if any(value is not None for value in raws):
+                columns[signals[name][0]] = [None if v is None else spec.to_physical(v) for v in raws]
+        out[new.chunk_id] = (new.chunk.ticks, columns)
+    return out
 
 
 def _advance(
-    db: Db, vin: str, boot: bytes, rate: Fraction, rules: list[AlertRule], signals: dict[str, Any]
+    db: Db,
+    vin: str,
+    boot: bytes,
+    rate: Fraction,
+    rules: list[AlertRule],
+    signals: dict[str, Any],
+    in_hand: dict[int, tuple[Sequence[int], dict[int, list[Any]]]],
 ) -> None:
     held = db.fetch("SELECT next_seq, state FROM alert_cursor WHERE vin = ? AND boot_id = ?", (vin, boot))
     next_seq, states = (int(held[0][0]), json.loads(held[0][1])) if held else (0, {})
@@ -128,8 +153,11 @@ def _advance(
         for chunk_id, _seq, first, last, packed in contiguous:
             if first is None:
                 continue
-            ticks = table.chunk_ticks(first, last, packed)
-            columns = _columns(db, chunk_id, ids, len(ticks))
+            if chunk_id in in_hand:  # this batch's own chunk: its values are in memory
+                ticks, columns = in_hand[chunk_id]
+            else:  # a chunk that waited for an earlier one: read back from the store
+                ticks = table.chunk_ticks(first, last, packed)
+                columns = _columns(db, chunk_id, ids, len(ticks))
             for rule, evaluator in zip(rules, evaluators, strict=True):
                 values = columns.get(signals[rule.signal][0])
                 if values is not None:

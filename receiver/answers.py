@@ -46,13 +46,16 @@ def stored_until(store: Store, vin: str) -> float | None:
     return float(Fraction(int(rows[0][0])) / store.rate(vin))
 
 
-def vehicles(store: Store, statuses: Mapping[str, VehicleStatus]) -> list[dict[str, Any]]:
-    """Every vehicle the store or the broker knows, sorted by vin."""
+def vehicles(
+    store: Store, statuses: Mapping[str, VehicleStatus], only: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """Every vehicle the store or the broker knows (of ``only``, when given), sorted by vin."""
     stored = set(store.vins())
     latencies = latency.read(store.db)
     totals = metrics.read(store.db)
     out = []
-    for vin in sorted(stored | set(statuses)):
+    known = stored | set(statuses) if only is None else (stored | set(statuses)) & only
+    for vin in sorted(known):
         status = statuses.get(vin)
         live = latencies.get(vin, {}).get("live")
         p95 = live.percentile(95) if live is not None else None

@@ -85,9 +85,8 @@ class LiveHub:
         store, statuses = self.store(), (self.watch.statuses if self.watch else {})
         stored = set(store.vins())
         out: list[dict[str, Any]] = []
-        for entry in answers.vehicles(store, statuses):
-            if entry["vin"] in dirty:
-                out.append({"type": "status", "vehicle": entry})
+        for entry in answers.vehicles(store, statuses, only=set(dirty)):  # only what changed
+            out.append({"type": "status", "vehicle": entry})
         for vin, kinds in sorted(dirty.items()):
             if "commit" in kinds and vin in stored:
                 until, signals = answers.values_since(store, vin, self._pushed.get(vin))

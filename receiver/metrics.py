@@ -80,7 +80,7 @@ class Tally:
             self._dirty = True
 
     def rows(self, client_id: str) -> list[tuple[Any, ...]]:
-        """The upsert rows of what changed since the last call (all of them, then the changed ones)."""
+        """Every vin's upsert row when anything was counted since the last call, else none."""
         with self._lock:
             if not self._dirty:
                 return []

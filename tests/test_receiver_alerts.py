@@ -159,22 +159,30 @@ def deliver(
         store.close()
 
 
-def test_panic_stops_found_exactly_once_in_any_delivery(
-    panic: tuple[Sealed, str], new_target: Callable[[], str | Path]
+def assert_every_delivery_finds(
+    want: set[Any], drive: Sealed, new_target: Callable[[], str | Path], seed: int
 ) -> None:
-    drive, csv = panic
+    """In order (batches of 20 chunks); each batch twice with the store reopened midway; shuffled
+    (batches of 15, the first five again, a reopen): the same episodes, each once."""
     n = len(drive.chunks)
-    want = {("panic_stop", s, e, p) for s, e, p in independent(csv, PANIC)}
-    want |= {(r.name, s, e, p) for r in DEFAULT_RULES if r is not PANIC for s, e, p in independent(csv, r)}
-    assert sum(1 for w in want if w[0] == "panic_stop") >= 2  # the drive's panic stops at 25 s and 67 s
     in_order = [list(range(i, min(i + 20, n))) for i in range(0, n, 20)]
     assert deliver(new_target(), drive, in_order) == want
     twice = [g for group in in_order for g in (group, group)]
     assert deliver(new_target(), drive, twice, reopen_at=len(twice) // 2) == want
     shuffled = list(range(n))
-    random.Random(12).shuffle(shuffled)
+    random.Random(seed).shuffle(shuffled)
     groups = [shuffled[i : i + 15] for i in range(0, n, 15)]
     assert deliver(new_target(), drive, groups + groups[:5], reopen_at=7) == want
+
+
+def test_panic_stops_found_exactly_once_in_any_delivery(
+    panic: tuple[Sealed, str], new_target: Callable[[], str | Path]
+) -> None:
+    drive, csv = panic
+    want = {("panic_stop", s, e, p) for s, e, p in independent(csv, PANIC)}
+    want |= {(r.name, s, e, p) for r in DEFAULT_RULES if r is not PANIC for s, e, p in independent(csv, r)}
+    assert sum(1 for w in want if w[0] == "panic_stop") >= 2  # the drive's panic stops at 25 s and 67 s
+    assert_every_delivery_finds(want, drive, new_target, seed=12)
 
 
 def test_a_chunk_evicted_by_the_agent_does_not_stop_the_cursor(
@@ -333,15 +341,7 @@ def test_overheat_episodes_found_exactly_once_in_any_delivery(
     overheat: tuple[Sealed, str], new_target: Callable[[], str | Path]
 ) -> None:
     drive, csv = overheat
-    n = len(drive.chunks)
     want = {(r.name, s, e, p) for r in HOT for s, e, p in independent(csv, r)}
     assert {w[0] for w in want} == {"motor_overheat", "coolant_overheat"}
     assert all(w[2] is not None for w in want)  # each cooled back past its hysteresis: the episode ended
-    in_order = [list(range(i, min(i + 20, n))) for i in range(0, n, 20)]
-    assert deliver(new_target(), drive, in_order) == want
-    twice = [g for group in in_order for g in (group, group)]
-    assert deliver(new_target(), drive, twice, reopen_at=len(twice) // 2) == want
-    shuffled = list(range(n))
-    random.Random(13).shuffle(shuffled)
-    groups = [shuffled[i : i + 15] for i in range(0, n, 15)]
-    assert deliver(new_target(), drive, groups + groups[:5], reopen_at=7) == want
+    assert_every_delivery_finds(want, drive, new_target, seed=13)
