@@ -10,6 +10,7 @@ protobuf, OSError) are wrapped with ``raise ... from`` so that the cause survive
      +-- SourceError          a log or bus cannot be opened or read (names file or interface)
      |    +-- LogFormatError  a recorded log has a line that cannot be parsed (names file and line)
      +-- WireError            a payload does not decode (bad envelope, version, compression, protobuf)
+     |    +-- SchemaUnknownError   a batch names its schema by a hash the receiver does not hold
      +-- StorageError         a buffer or store database fails (I/O, full disk, corruption)
      |    +-- StorageFullError     the disk or the configured cap is full
      |    +-- StorageCorruptError  the file is not a healthy SQLite database
@@ -41,6 +42,17 @@ class LogFormatError(SourceError):
 
 class WireError(EdgeError):
     """A payload on the wire does not decode."""
+
+
+class SchemaUnknownError(WireError):
+    """A batch names its schema by a hash that the receiver does not hold: ask the agent for it."""
+
+    def __init__(self, schema_hash: bytes, vin: str) -> None:
+        super().__init__(
+            f"batch for vin {vin} names schema {schema_hash.hex()}, which this receiver does not hold"
+        )
+        self.schema_hash = schema_hash
+        self.vin = vin
 
 
 class StorageError(EdgeError):

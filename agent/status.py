@@ -56,6 +56,7 @@ class UploadCounters:
     acks_unknown_boot: int = 0  # ack ranges naming a boot this process never sent
     acks_unmatched: int = 0  # ack ranges naming no chunk this process sent and holds
     connect_failures: int = 0  # attempts to reach the broker that failed
+    schemas_resent: int = 0  # a receiver asked for a schema named by hash: sent whole again
 
 
 @dataclass(frozen=True)

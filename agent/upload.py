@@ -17,6 +17,10 @@ Contract
 - Whatever is unacked after a reconnect or an ack timeout is sent again from the oldest; the receiver
   stores a chunk once, whatever the number of deliveries.
 - Eviction notices ride along in batches until a batch that carried them is acked.
+- The schema rides whole in every batch until an ack says a receiver stored it (``schema_stored``, after
+  its commit); from then on batches name it by hash (wire version 3). An ack asking for it
+  (``schema_needed``: that receiver's store lacks it) makes it ride whole again, from the oldest unacked
+  chunk. A restart sends it whole again once: what receivers hold is not kept on disk.
 - Each batch says how many of its first chunks are backlog (``backlog_chunks``, for the receiver's
   latency histograms): those already in the buffer when the uploader last published a batch or when the
   connection came up, which could have gone then and did not (offline, a batch too small for them all,
@@ -104,6 +108,7 @@ class Uploader(Stage):
         self._sent = SentLedger()  # what this process handed to the broker and has not seen acked
         self._waiting_since: float | None = None  # monotonic: first send with no ack since
         self._unknown_boot_logged = False
+        self._schemas_stored: set[bytes] = set()  # schema hashes an ack said a receiver stored
         base = f"{mqtt_config.prefix}/{vin}"
         self.telemetry_topic, self.ack_topic, self.status_topic = (
             f"{base}/telemetry",
@@ -267,11 +272,15 @@ class Uploader(Stage):
                 return
         try:
             vin, ranges = wire.decode_ack(payload)
+            needed, schema_stored = wire.ack_schemas(payload)
         except WireError as error:
             self.log.error("ack_rejected", reason=str(error), size=len(payload))
             return
         if vin != self.vin:
             self.log.error("ack_rejected", reason=f"ack names vin {vin!r}", size=len(payload))
+            return
+        if needed:
+            self._resend_schema(needed)
             return
         # Only what this process sent: the cost follows the chunks sent, never the width of a claimed range.
         match = self._sent.match(ranges)
@@ -279,6 +288,8 @@ class Uploader(Stage):
         self._count_strays(match.unknown_boots, match.unmatched)
         if not match.ids and not noted:
             return  # names nothing this agent sent: not a receiver's ack of ours (stale, or forged)
+        if schema_stored and len(self._schemas_stored) < 64:
+            self._schemas_stored.add(schema_stored)
         acked = set(match.ids)
         done = [key for key, batch in self._inflight.items() if batch.ids <= acked]
         try:
@@ -297,6 +308,20 @@ class Uploader(Stage):
             del self._inflight[key]
         for batch in self._inflight.values():
             batch.ids -= acked
+
+    def _resend_schema(self, digest: bytes) -> None:
+        """A receiver lacks the schema named ``digest``: send it whole again, from the oldest unacked."""
+        if digest not in self._schemas_stored:
+            return  # already sent whole (an answer to a batch that left before the last request)
+        self._schemas_stored.discard(digest)
+        self._counters.schemas_resent += 1
+        self.log.warning(
+            "schema_resent",
+            schema_hash=digest.hex(),
+            reason="a receiver does not hold the schema that batches named by hash",
+            action="sending the schema whole again, from the oldest unacked chunk",
+        )
+        self._reset()
 
     def _describe(self, kind: str, detail: Any) -> tuple[str, str]:
         """The reason class and detail of a failed connection (a refusal, or an error before any CONNACK)."""
@@ -361,9 +386,10 @@ class Uploader(Stage):
         evicted = [(boot, first, last) for _, boot, first, last in notices]
         backlog = sum(1 for c in chunks if c.row_id <= self._fresh_after)  # a prefix: oldest first
         payloads = [c.payload for c in chunks]
+        by_hash = wire.schema_hash(schema) in self._schemas_stored
         return self._sign(
             wire.encode_batch(
-                self.vin, schema, payloads, evicted, time.time(), self.config.compression, backlog
+                self.vin, schema, payloads, evicted, time.time(), self.config.compression, backlog, by_hash
             )
         )
 

@@ -44,7 +44,7 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from agent import wire
-from agent.errors import StorageError, WireError
+from agent.errors import SchemaUnknownError, StorageError, WireError
 from agent.service import mqtt
 from agent.service.logs import get_logger
 from agent.service.supervise import Heartbeat, Supervisor
@@ -53,6 +53,7 @@ from receiver import metrics
 from receiver.alert_publish import AlertPublisher
 from receiver.config import ReceiverConfig
 from receiver.retention import Retention
+from receiver.schemas import SchemaCache
 from receiver.store import RateConflictError, Store
 
 _instances = itertools.count(1)
@@ -85,6 +86,7 @@ class Counters:
     store_errors: int = 0  # storage failures: not acked, the agent resends
     failed: int = 0  # unexpected exceptions while handling a message: not acked
     acks_sent: int = 0
+    schemas_requested: int = 0  # batches named a schema by a hash the store lacks: not stored, asked for
     connects: int = 0  # accepted CONNACKs: 1 after start, +1 per reconnect
 
 
@@ -113,6 +115,8 @@ class Receiver:
         self._store: Store | None = None
         self._alerts: AlertPublisher | None = None  # episodes to {prefix}/{vin}/alerts (alert_publish.py)
         self._fleet_key = config.security.fleet_key()  # None: batches are not authenticated
+        self._schemas: SchemaCache | None = None  # schemas named by hash, through the store (start to stop)
+        self._schemas_asked: set[bytes] = set()  # hashes whose request was logged (once each)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -126,6 +130,7 @@ class Receiver:
             )
         self._store = Store(self.config.store.target)
         self._store.alert_rules = self.config.alerts.rules
+        self._schemas = SchemaCache(self._store.db)
         self._alerts = AlertPublisher(self._store, self.prefix, self.log)
         try:
             self._client = self._make_client()
@@ -163,6 +168,7 @@ class Receiver:
             self._store.close()
             self._store = None
             self._alerts = None
+            self._schemas = None
         self._subscribed.clear()
         self.log.info("receiver_stopped", **asdict(self.counters))
 
@@ -289,7 +295,14 @@ class Receiver:
                 except WireError:
                     self.counters.bad_mac += 1
                     raise
-            batch = wire.decode_batch(payload, limits.wire())
+            try:
+                batch = wire.decode_batch(payload, limits.wire(), self._schemas)
+            except SchemaUnknownError as missing:
+                if missing.vin != vin:
+                    raise WireError(
+                        f"batch is for vin {missing.vin!r} but was published under vin {vin!r}"
+                    ) from None
+                return vin, self._ask_schema(vin, missing.schema_hash, key)
             if batch.vin != vin:
                 raise WireError(f"batch is for vin {batch.vin!r} but was published under vin {vin!r}")
             result = self._store.store_batch(batch)
@@ -311,8 +324,23 @@ class Receiver:
         self.log.debug(
             "batch_stored", vin=vin, new=result.new, duplicates=result.duplicates, samples=result.samples
         )
-        ack = wire.encode_ack(vin, result.stored, batch.evicted)
+        ack = wire.encode_ack(vin, result.stored, batch.evicted, schema_stored=batch.schema_hash)
         return vin, (ack if key is None else auth.sign(ack, key, vin))
+
+    def _ask_schema(self, vin: str, digest: bytes, key: bytes | None) -> bytes:
+        """An ack that stores nothing and asks the agent for the schema named ``digest``."""
+        self.counters.schemas_requested += 1
+        if digest not in self._schemas_asked and len(self._schemas_asked) < 1024:
+            self._schemas_asked.add(digest)
+            self.log.warning(
+                "schema_requested",
+                vin=vin,
+                schema_hash=digest.hex(),
+                reason="the batch names its schema by a hash this store does not hold; nothing of it stored",
+                action="asked the agent to send the schema whole (logged once per schema)",
+            )
+        ack = wire.encode_ack(vin, (), schema_needed=digest)
+        return ack if key is None else auth.sign(ack, key, vin)
 
 
 class TotalsWriter:

@@ -36,6 +36,8 @@ Contract
   day partitions on PostgreSQL; ages are on the vehicles' clock, from now or from the newest sample stored
   if that is earlier (a store of old replays is not emptied for being old). What goes is recorded in the
   gap ledger (reason ``expired``), so ``stats`` reports no missing chunks for it.
+- A batch that carries its schema stores it under its hash (:mod:`receiver.schemas`) in the batch's
+  transaction, so a later batch that names it by hash alone decodes on any receiver of the store.
 - Hooks for what is derived from new chunks (rollups, latency, alerts: :attr:`Store.alert_rules`):
   ``_setup_derived(db)`` (where a writer creates the tables), ``_derive(db, ...)`` (inside each batch's
   transaction) and ``_expire_derived(db, cutoff)`` (retention); ``db`` is the adapter and ``db.dialect``
@@ -57,7 +59,7 @@ from typing import Any
 from agent.errors import StorageError, WireError
 from agent.wire import DecodedBatch
 from agent.wire.values import ChunkData, ChunkId, RawValue
-from receiver import alerts, column, latency, metrics, overlap, rollups, table
+from receiver import alerts, column, latency, metrics, overlap, rollups, schemas, table
 from receiver.alert_rules import DEFAULT_RULES, AlertRule
 from receiver.backend import DAY_S, Backend, Db, redacted
 from receiver.sqlite_store import SqliteBackend
@@ -160,6 +162,7 @@ class Store(Reads):
         rollups.create(db)  # and the backfill of an older store's chunks
         latency.create(db)
         metrics.create(db)
+        schemas.create(db)
         alerts.create(db)
 
     def _derive(
@@ -203,6 +206,7 @@ class Store(Reads):
             known = dict(db.fetch(sql.SIGNAL_IDS, (batch.vin,)))
             ids = [int(known[name]) for name in batch.schema.names]
             now = time.time()
+            schemas.record(db, batch.schema_hash, batch.schema_body)  # before the ack lets it be named
             db.executemany(sql.INSERT_GAP, [(batch.vin, *gap, "evicted", now) for gap in batch.evicted])
             quiet = overlap.quiet(self._backend, batch, span, rates)
             pending: list[tuple[Any, ...]] = []  # chunk_columns rows

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
+import apsw
 import pytest
 
 from agent.sim import simulate, write_log
 from tests.harness.broker import Broker
 from tests.harness.drive import DBC, agent_config
-from tests.harness.processes import cli, exported, start_replay, truth
-from tests.harness.waiting import wait_for_text
+from tests.harness.processes import cli, exported, receiver_yaml, running_receiver, start_replay, truth
+from tests.harness.waiting import wait_for, wait_for_text
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +64,42 @@ def test_replay_without_a_receiver_times_out_and_says_what_is_pending(
     assert "INCOMPLETE" in result.stderr and "still pending" in result.stderr
     status = cli("agent.cli", "status", "--config", str(config))
     assert status.returncode == 0 and "backlog:" in status.stdout and " samples" in status.stdout
+
+
+def stored_ids(store: Path) -> set[tuple[bytes, int]]:
+    if not store.exists():
+        return set()
+    with contextlib.closing(apsw.Connection(str(store), flags=apsw.SQLITE_OPEN_READONLY)) as db:
+        return {(bytes(boot), seq) for boot, seq in db.execute("SELECT boot_id, seq FROM chunks")}
+
+
+def test_a_receiver_whose_store_lacks_the_schema_asks_for_it_and_nothing_is_lost(
+    broker: Broker, tmp_path: Path
+) -> None:
+    drive = tmp_path / "city.log.gz"
+    write_log(drive, simulate("city", 30.0, seed=12, dbc_path=DBC))
+    config = agent_config(tmp_path, broker.port, "E2E0000000000009", drive, speed="2")  # 15 s
+    log, report = tmp_path / "agent.log", tmp_path / "report.json"
+    first, second = tmp_path / "first.sqlite", tmp_path / "second.sqlite"
+    agent = start_replay(drive, config, log, "--report", str(report))
+    try:
+        with running_receiver(receiver_yaml(tmp_path / "first.yaml", broker.port, first), tmp_path / "1.log"):
+            # Stored and acked: from here the agent names the schema by hash.
+            wait_for(lambda: len(stored_ids(first)) >= 4, 30, log.read_text, agent)
+        # Another receiver with a store of its own (a new database, a restored backup): by hash, it
+        # cannot decode the batches; it must ask, not drop them, and the agent must answer.
+        with running_receiver(
+            receiver_yaml(tmp_path / "second.yaml", broker.port, second), tmp_path / "2.log"
+        ):
+            agent.wait(timeout=90)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    assert agent.returncode == 0, log.read_text()
+    figures = json.loads(report.read_text())
+    assert figures["complete"] and figures["chunks_acked"] == figures["chunks_committed"]
+    both = stored_ids(first) | stored_ids(second)
+    assert len(both) == figures["chunks_committed"]  # every chunk in one store or the other
+    assert stored_ids(second) - stored_ids(first)  # the second stored what came after
+    assert '"event": "schema_requested"' in (tmp_path / "2.log").read_text()
+    assert '"event": "schema_resent"' in log.read_text()

@@ -43,7 +43,7 @@ def test_wire_version_is_in_the_schema() -> None:
     from agent import wire
 
     assert telemetry_pb2.Envelope.DESCRIPTOR.fields_by_name["version"].number == 1
-    assert wire.WIRE_VERSION == 2  # version 2: seal times (issue 11); see proto/telemetry.proto
+    assert wire.WIRE_VERSION == 3  # version 3: schemas by hash (issue 13); see proto/telemetry.proto
     assert wire.messages.BODY_VERSIONS == {
         telemetry_pb2.BODY_KIND_BATCH: 2,
         telemetry_pb2.BODY_KIND_ACK: 1,

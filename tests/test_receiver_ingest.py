@@ -221,3 +221,37 @@ def test_tune_gc_raises_only_generation_0s_threshold() -> None:
         assert gc.get_threshold() == (GC_GEN0_THRESHOLD, 11, 12)
     finally:
         gc.set_threshold(*saved)
+
+
+def raw_ack(peer: Peer) -> tuple[list[tuple[bytes, int, int]], bytes, bytes]:
+    """The next ack's stored ranges and its (schema_needed, schema_stored)."""
+    _topic, data = peer.acks.get(timeout=TIMEOUT)
+    return (wire.decode_ack(data)[1], *wire.ack_schemas(data))
+
+
+def test_a_schema_named_by_an_unknown_hash_is_asked_for_never_acked_and_stored_once_sent(
+    broker: Broker, peer: Peer, tmp_path: Path
+) -> None:
+    digest, store = wire.schema_hash(SCHEMA), tmp_path / "store.sqlite"
+    receiver = Receiver(config(broker, store, "r1"))
+    receiver.start()
+    try:
+        assert receiver.wait_subscribed(TIMEOUT)
+        peer.publish(payload([C0], schema_by_hash=True))  # a fresh store: it has never seen the schema
+        assert raw_ack(peer) == ([], digest, b"")  # nothing acked, the schema asked for
+        assert stored_chunks(store) == 0 and receiver.counters.schemas_requested == 1
+        peer.publish(payload([C0]))  # the agent sends it whole again
+        assert raw_ack(peer) == ([(BOOT, 0, 0)], b"", digest)  # stored: the agent may now name it
+        peer.publish(payload([C1], schema_by_hash=True))
+        assert raw_ack(peer) == ([(BOOT, 1, 1)], b"", b"")
+    finally:
+        receiver.stop()
+    again = Receiver(config(broker, store, "r2"))  # a restart: the schema is in the store, not in memory
+    again.start()
+    try:
+        assert again.wait_subscribed(TIMEOUT)
+        peer.publish(payload([C2], schema_by_hash=True))
+        assert raw_ack(peer) == ([(BOOT, 2, 2)], b"", b"")
+        assert again.counters.schemas_requested == 0 and stored_chunks(store) == 3
+    finally:
+        again.stop()

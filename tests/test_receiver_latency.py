@@ -192,9 +192,11 @@ def test_a_store_made_before_latency_reads_as_none(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_late_receiver_sees_the_backlog_apart_from_live_chunks(broker: Broker, tmp_path: Path) -> None:
     drive = tmp_path / "city.log.gz"
-    write_log(drive, simulate("city", 20.0, seed=5, dbc_path=DBC))
+    # 15 s at 2x (acks time out after 3 s): the receiver starts a few seconds in, and a loaded machine
+    # still leaves live chunks after it has subscribed.
+    write_log(drive, simulate("city", 30.0, seed=5, dbc_path=DBC))
     vin = "LATENCY000000001"
-    config = agent_config(tmp_path, broker.port, vin, drive, speed="2")  # 10 s; acks time out after 3 s
+    config = agent_config(tmp_path, broker.port, vin, drive, speed="2")
     store = tmp_path / "store.sqlite"
     log = tmp_path / "agent.log"
     agent = start_replay(drive, config, log)

@@ -24,6 +24,7 @@ from agent.buffer import Buffer
 from agent.config import BufferConfig, UploadConfig
 from agent.service.mqtt import MqttConfig
 from agent.upload import Uploader
+from agent.wire import messages
 from agent.wire import telemetry_pb2 as pb
 from agent.wire.messages import envelope
 from agent.wire.values import ChunkId
@@ -187,3 +188,57 @@ def test_the_sent_ledger_costs_what_was_sent_not_what_is_claimed() -> None:
     assert len(ledger) == 0 and ledger.match([(BOOT, 3, 5)]).ids == frozenset()  # acked once, then gone
     assert ledger.noted([(BOOT, 0, 1), (BOOT, 0, 2)]) == [(BOOT, 0, 2)]  # only the notice it sent
     assert ledger.noted([(BOOT, 0, 2)]) == []
+
+
+class RawPeer(Peer):
+    """A peer that keeps the batches' payloads as they came (a batch named by hash needs its schema)."""
+
+    def __init__(self, broker: Broker) -> None:
+        super().__init__(broker)
+        self.payloads: list[bytes] = []
+        self.client.on_message = lambda _c, _u, m: self.payloads.append(bytes(m.payload))
+
+    def next_batch(self, seen: int) -> tuple[bool, wire.DecodedBatch]:
+        """Whether batch number ``seen`` named its schema by hash, and the batch itself."""
+        wait_for(lambda: len(self.payloads) > seen)
+        data = self.payloads[seen]
+        by_hash = not pb.Batch.FromString(messages._open_envelope(data, pb.BODY_KIND_BATCH)).HasField(
+            "schema"
+        )
+        return by_hash, wire.decode_batch(data, schemas={wire.schema_hash(SCHEMA): SCHEMA}.get)
+
+
+def test_the_schema_goes_whole_until_a_receiver_stored_it_and_whole_again_when_one_asks(
+    broker: Broker, filled: Path
+) -> None:
+    peer, digest = RawPeer(broker), wire.schema_hash(SCHEMA)
+    uploader, _ = start_uploader(broker, filled, max_inflight_batches=1, max_batch_bytes=300)
+    try:
+        by_hash, first = peer.next_batch(0)
+        assert not by_hash and first.schema_hash == digest
+        ids = [chunk.id for chunk in first.chunks]
+        peer.ack(wire.encode_ack(VIN, ids))  # a version-2 receiver: it never says it stored the schema
+        by_hash, second = peer.next_batch(1)
+        assert not by_hash  # so the agent keeps sending it whole
+        peer.ack(wire.encode_ack(VIN, [chunk.id for chunk in second.chunks], schema_stored=digest))
+        by_hash, third = peer.next_batch(2)
+        assert by_hash and pb.Envelope.FromString(peer.payloads[2]).version == 3
+        with capture_logs() as logs:
+            peer.ack(wire.encode_ack(VIN, [], schema_needed=digest))  # a receiver without it: nothing stored
+            by_hash, again = peer.next_batch(3)
+        assert not by_hash and again.chunks[0].id == third.chunks[0].id  # the same chunks, schema whole
+        assert uploader.counters.schemas_resent == 1
+        assert [e["schema_hash"] for e in logs if e["event"] == "schema_resent"] == [digest.hex()]
+        seen, latest = 3, again
+        while True:  # a receiver that stores everything from here on
+            peer.ack(wire.encode_ack(VIN, [chunk.id for chunk in latest.chunks], schema_stored=digest))
+            wait_for(lambda: len(peer.payloads) > seen + 1 or not backlog(filled))  # noqa: B023
+            if not backlog(filled):
+                break
+            seen += 1
+            by_hash, latest = peer.next_batch(seen)
+            assert by_hash
+        assert uploader.counters.chunks_acked == 30
+    finally:
+        uploader.stop()
+        peer.close()

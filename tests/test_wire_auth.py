@@ -13,7 +13,7 @@ import pytest
 
 from agent import wire
 from agent.errors import WireError
-from agent.wire import auth
+from agent.wire import auth, messages
 from agent.wire import telemetry_pb2 as pb
 from agent.wire.values import ChunkData, ChunkId, Schema, SignalSpec
 
@@ -115,10 +115,11 @@ def test_garbage_is_a_wire_error() -> None:
 # Golden: the signed envelopes, byte for byte (sha256), under FLEET. The batch was re-pinned for wire
 # version 2 (batches are sent at version 2; its chunk has no seal time, so only the envelope's version
 # byte changed): with the version set back to 1 it is the version-1 pin, MAC included, since the MAC does
-# not cover the version (test_a_version_1_batch_keeps_its_mac).
+# not cover the version (test_a_version_1_batch_keeps_its_mac). Re-pinned for wire version 3: the batch
+# names its schema's hash (Batch.schema_hash); without it, it is the version-1 pin still.
 GOLDEN = {
     "ack": "2292b182d793970e789ccde46ac4294177646194f509cfac71698e8be02ba2f9",
-    "batch-zlib": "61e4b4a4a4e6ec36be38e9432baa34405355d6a890190777fd6a46870237c8c8",
+    "batch-zlib": "c86e9fe3099ab04e02f9bbd6aa1ebcfc94ac802df5d12b26ede7201918e2ea15",
 }
 GOLDEN_VERSION_1_BATCH = "b70ead3e466a670911edb866c3f3eb4d34c828274a0fede942202043a28a03c8"
 
@@ -136,10 +137,10 @@ MAC_OF_EMPTY = "adf9af95fcae2437fef80aac309e060a"
 
 
 def test_a_version_1_batch_keeps_its_mac() -> None:
-    signed = pb.Envelope.FromString(auth.sign(batch("zlib"), KEY, VIN))
-    assert signed.version == 2
-    signed.version = 1  # what an agent before wire version 2 sent, byte for byte
-    old = signed.SerializeToString()
+    assert pb.Envelope.FromString(auth.sign(batch("zlib"), KEY, VIN)).version == 2
+    body = pb.Batch.FromString(pb.Envelope.FromString(batch("none")).body)
+    body.ClearField("schema_hash")  # version 3's; the rest is what an agent before version 2 sent
+    old = auth.sign(messages.envelope(pb.BODY_KIND_BATCH, body.SerializeToString(), "zlib", 1), KEY, VIN)
     assert hashlib.sha256(old).hexdigest() == GOLDEN_VERSION_1_BATCH
     auth.verify(old, KEY, VIN)
     assert wire.decode_batch(old).chunks[0].sealed_at_ms == 0

@@ -13,6 +13,13 @@ unchanged. ``DECODED`` changed for every batch because a decoded chunk now shows
 version-1 packed batch is pinned too (``VERSION_1``: the pre-issue-11 pin, byte for byte): this side still
 reads it, with no seal times (latency unknown).
 
+Re-pinned for wire version 3 (issue 13: the schema once), deliberately: every batch names its schema by
+``schema_hash`` (18 bytes more; the header fields are written before the schema, as protobuf does), a
+body that compression would not shrink goes uncompressed, and ``by hash`` pins a version-3 batch: the
+packed batch with no schema and its residuals sparse. The version-1 pin stays byte for byte (it is the
+packed batch without ``schema_hash``); chunks, acks and statuses did not change. ``DECODED`` changed
+because a decoded batch now shows its schema's hash.
+
 The inputs cover each kind of column: lossless and lossy integers, every predictor, steady ones, a float signal with
 NaN and infinities, angles (one with an out-of-range marker sent exactly), a discrete signal with absent
 runs, 64-bit raw values; chunks with jitter, a gap and a refresh at 30 s; batches of one chunk, of
@@ -122,6 +129,9 @@ def payloads() -> dict[str, bytes]:
         "packed batch": wire.encode_batch(
             "VIN1", SCHEMA, BLOBS, EVICTED, 1234.5, compress="none", backlog_chunks=2
         ),
+        "by hash": wire.encode_batch(
+            "VIN1", SCHEMA, BLOBS, EVICTED, 1234.5, compress="none", backlog_chunks=2, schema_by_hash=True
+        ),
         "notices alone": wire.encode_batch("VIN1", SCHEMA, [], EVICTED, 99.0, compress="none"),
         "unfit chunk": wire.encode_batch(
             "VIN1", SCHEMA, [wire.encode_chunk(NARROW, chunk(9, [5, 6, 7], NARROW))], compress="none"
@@ -150,19 +160,20 @@ def payloads() -> dict[str, bytes]:
 # name: (length, sha256 of the bytes); the short ones also in full, to read a failure at a glance
 GOLDEN: dict[str, tuple[int, str]] = {
     "ack": (80, "3a55f6a4a9ae062325c16cba91bd1ff2ee8e0f0b8100439cece4af83111b72f9"),
-    "batch of one": (1356, "c06fa66b647946bd356ed829870b02b1ac82c8d06d5a9bd10c763831ff1d3b5a"),
+    "by hash": (3831, "3ec9f87d3d15e2c07c679598b237926515d534093911b40e8b0324e9bc412121"),
+    "batch of one": (1374, "41905356dbb785e240d0c99bf3e98fe62c2bfac06257a8da2060821df6614d10"),
     "chunk 0": (930, "abdeb765301e70689742f16ce704c86db7800dea5d5a106e6a31610f1aa97e81"),
     "chunk 1": (851, "ab086156c27b1a725415ea0d1df7dd801f6c1b9afbaa17e0ea33c7b7d99715a1"),
     "chunk 2": (901, "359b4b383d7775c2a71187976655d029c465f746fa4e96d2965127f7d3b61e6d"),
     "chunk 3": (82, "e51305bf43a123e3b4a5cc945eaa4fba237df40a4f7e513d03bdbb38800292f0"),
     "chunk 4": (918, "908ddac3c1cefc8fac11e506b6765bae701b767672961c5a9570d5c7b9762b2e"),
     "chunk 5": (387, "8f8eaaf27ec8f5b0615850d2642f3b698785709201e6494310208d52803511d9"),
-    "notices alone": (397, "c89cf31812c0a5dbf3257b1267c72df347c25f99cff52a897709a172b940a0de"),
-    "overflowing stream": (130, "a108f7dae7d7421fb3ceb12c994ad1c3d71558ff980860441027dcdd50f92319"),
-    "packed batch": (4556, "70b0196d81a93fe2b885b0c01ab6165833f7fc4cfc6f3719b238f7a6d174ac0e"),
+    "notices alone": (415, "8be576bcf75d88bad18bec097d638f8eb0ae5e5599b7f22f5786a38e92111c2f"),
+    "overflowing stream": (149, "34dc452aaaa3d0a655c9fcb6554a62d3c0094fe5a73d7ee71652a06390fd50a3"),
+    "packed batch": (4574, "60ea070a9f19af20948360c9f697b02cd1247b33e2b80957ca5c7d9db817d7a7"),
     "schema": (304, "0c5a1bd7240ee93b253123ce29649ec7292f8f85964589fc0ad04e28f8b47413"),
     "status": (66, "029acdeb2d9d089554e546156a3ca33706e1fe048786f9f1228d3299ff4efc5c"),
-    "unfit chunk": (360, "078508ff6c4fc08556f770d54299a1a8954986793d6eff6240510c6c88e7593a"),
+    "unfit chunk": (378, "3a9d76be17c607fc514fce64b42da25d0dd0a89747f28c44866fb926328283a1"),
 }
 SHORT: dict[str, str] = {
     "ack": "08011002224a0a0456494e3112160a10000102030405060708090a0b0c0d0e0f1001180212120a10101112131415161718191a1b1c1d1e1f1a160a10000102030405060708090a0b0c0d0e0f10071809",
@@ -171,15 +182,15 @@ SHORT: dict[str, str] = {
 }
 # the packed batch compressed: the output is the library's own, pinned for (library version, digest)
 COMPRESSED: dict[str, tuple[str, str]] = {
-    "zlib": ("1.2.13", "c1e86db56bb1c6a2021fb7bb9d491517064a3507e86dec5f156ac70fa1ab091a"),
-    "zstd": ("1.5.7", "8ad82ea348ea92fa3863bebac9951ed4fa1e790d2f45f90965aa83b00d31e387"),
+    "zlib": ("1.2.13", "ed562e3435c8d9eb9fbc852aaae4897c54914a294b9d8b7dd7ae4068b69fc003"),
+    "zstd": ("1.5.7", "5bc9c33d4c7c80eecd6784b14c084b99892523c6bbe6d858c02b24918a07a400"),
 }
 # sha256 of repr(decode_batch(...)): every value, tick and id as decoded
 DECODED: dict[str, str] = {
-    "batch of one": "1f74cf606db087f7758dd1e84673afe163d2ef6a5b54ed33a8b1f40e0d3da9d2",
-    "packed batch": "8512d2cf9dcc6d9c4f7fe5b8fffe82628e31fed6d23f4369e1fd7421c9ff4d46",
-    "notices alone": "ed746f2935897e3964be895f9e6d0657b1e9c892fce057553b9adff15b00cfeb",
-    "overflowing stream": "a4c4aa488df8bb32567e4cc4f8e7731ba9f00c1a21d41fe0d91a6d586989ba90",
+    "batch of one": "b4173502facfc279384fcd07b176f1d8150fbc041793306a329a869cfc491dd7",
+    "packed batch": "eb59bbab75830a35f95edaf70cf40a4550c2dea2c5ec874d47d8297c08226c22",
+    "notices alone": "1377b1d6dd55ff631f1d277f7cd3af049b0c09beb8c1f87987433393eb525764",
+    "overflowing stream": "b246da5efad521ef6a6bca84ba1179388de6d01b481ca3c0b23e89ed3aa47fd7",
 }
 
 
@@ -222,12 +233,24 @@ def test_pinned_batches_decode_to_the_pinned_values(name: str) -> None:
     assert digest(repr(decoded).encode()) == DECODED[name]
 
 
+def test_a_batch_by_hash_decodes_like_the_batch_that_carries_its_schema() -> None:
+    by_hash, whole = payloads()["by hash"], wire.decode_batch(payloads()["packed batch"])
+    assert pb.Envelope.FromString(by_hash).version == 3
+    batch = pb.Batch.FromString(pb.Envelope.FromString(by_hash).body)
+    assert not batch.HasField("schema") and batch.packed.HasField("sparse")
+    got = wire.decode_batch(by_hash, schemas={wire.schema_hash(SCHEMA): SCHEMA}.get)
+    assert repr(got.chunks) == repr(whole.chunks) and got.schema == SCHEMA
+    assert whole.schema_hash == wire.schema_hash(SCHEMA) and whole.schema_body == wire.schema_bytes(SCHEMA)
+
+
 def version_1_packed_batch() -> bytes:
     """The packed batch as an agent before wire version 2 sent it: no seal times, no backlog count."""
     envelope = pb.Envelope.FromString(
         wire.encode_batch("VIN1", SCHEMA, UNSTAMPED, EVICTED, 1234.5, compress="none")
     )
-    envelope.version = 1
+    batch = pb.Batch.FromString(envelope.body)
+    batch.ClearField("schema_hash")  # version 3's: a version-1 agent did not send it
+    envelope.version, envelope.body = 1, batch.SerializeToString()
     return envelope.SerializeToString()
 
 

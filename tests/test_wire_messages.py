@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import wire
-from agent.errors import WireError
+from agent.errors import SchemaUnknownError, WireError
 from agent.wire import messages
 from agent.wire import telemetry_pb2 as pb
 from agent.wire.values import ChunkData, ChunkId, SignalSpec
@@ -55,8 +55,8 @@ def test_versions_batches_at_2_acks_and_statuses_at_1_and_reads_both() -> None:
         1_700_000_000_000 + n for n in range(3)
     ]
     newer = pb.Envelope.FromString(payload)
-    newer.version = 3
-    with pytest.raises(WireError, match="wire version 3 is not supported"):
+    newer.version = 4
+    with pytest.raises(WireError, match="wire version 4 is not supported"):
         wire.decode_batch(newer.SerializeToString())
     with pytest.raises(ValueError, match="backlog_chunks 4"):
         wire.encode_batch("V", schema, blobs, backlog_chunks=4)
@@ -149,3 +149,39 @@ def test_garbage_is_a_wire_error_never_a_crash(payload: bytes, reason: str) -> N
 def test_random_bytes_never_escape_as_another_exception(payload: bytes) -> None:
     with contextlib.suppress(WireError):
         wire.decode_batch(payload)
+
+
+def test_a_batch_names_its_schema_by_hash_only_where_asked_and_is_checked() -> None:
+    schema = schema_of(SignalSpec("M.s"))
+    blobs = [wire.encode_chunk(schema, ChunkData(BOOT, n, [n], [[n]])) for n in range(3)]
+    digest = wire.schema_hash(schema)
+    assert len(digest) == messages.SCHEMA_HASH_BYTES and digest != wire.schema_hash(
+        schema_of(SignalSpec("M.t"))
+    )
+    whole = wire.encode_batch("V", schema, blobs)
+    by_hash = wire.encode_batch("V", schema, blobs, schema_by_hash=True)
+    assert len(by_hash) < len(whole) and pb.Envelope.FromString(by_hash).version == 3
+    got = wire.decode_batch(whole)
+    assert got.schema_hash == digest and got.schema_body == wire.schema_bytes(schema)
+    named = wire.decode_batch(by_hash, schemas={digest: schema}.get)
+    assert named.chunks == got.chunks and named.schema_body == b""  # nothing to store: it was not carried
+    with pytest.raises(SchemaUnknownError) as unknown:
+        wire.decode_batch(by_hash)  # no lookup: unknown, not garbage
+    assert unknown.value.schema_hash == digest and unknown.value.vin == "V"
+    with pytest.raises(SchemaUnknownError):
+        wire.decode_batch(by_hash, schemas={}.get)
+    lying = pb.Batch.FromString(messages._open_envelope(whole, pb.BODY_KIND_BATCH))
+    lying.schema_hash = bytes(16)  # a schema under another's name: it would be stored under that name
+    with pytest.raises(WireError, match="is not its schema's"):
+        wire.decode_batch(messages.envelope(pb.BODY_KIND_BATCH, lying.SerializeToString(), False))
+    old = pb.Envelope.FromString(by_hash)
+    old.version = 2  # a version-2 batch must carry its schema
+    with pytest.raises(WireError, match="version-2 batch has no schema"):
+        wire.decode_batch(old.SerializeToString(), schemas={digest: schema}.get)
+
+
+def test_acks_say_which_schema_was_stored_or_is_needed() -> None:
+    digest = bytes(range(16))
+    assert wire.ack_schemas(wire.encode_ack("V", [ChunkId(BOOT, 0)])) == (b"", b"")
+    assert wire.ack_schemas(wire.encode_ack("V", [], schema_needed=digest)) == (digest, b"")
+    assert wire.ack_schemas(wire.encode_ack("V", [ChunkId(BOOT, 0)], schema_stored=digest)) == (b"", digest)

@@ -26,6 +26,7 @@ from agent.wire.messages import (
     WIRE_VERSION,
     DecodedBatch,
     ack_noted,
+    ack_schemas,
     chunk_ranges,
     decode_ack,
     decode_batch,
@@ -33,6 +34,7 @@ from agent.wire.messages import (
     encode_ack,
     encode_batch,
     encode_status,
+    schema_hash,
 )
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "WIRE_VERSION",
     "DecodedBatch",
     "ack_noted",
+    "ack_schemas",
     "chunk_ranges",
     "decode_ack",
     "decode_batch",
@@ -53,4 +56,5 @@ __all__ = [
     "encode_status",
     "schema_bytes",
     "schema_from_bytes",
+    "schema_hash",
 ]

@@ -10,8 +10,16 @@ agent's buffer) and the stored chunks (:mod:`agent.wire.chunks`), packed signal 
 (:mod:`agent.wire.packed`) when they fit the schema, else as they are. An ack names the chunks the receiver stored and the
 eviction notices it recorded; a status is the agent's ``pb.Status``.
 
+A batch names its schema by :func:`schema_hash` and carries it whole (version 2) or, once a receiver has
+acked a batch that carried it, by the hash alone (version 3, ``schema_by_hash``): the receiver looks it
+up in its store (``decode_batch``'s ``schemas``) and, lacking it, raises :class:`SchemaUnknownError`,
+answered by an ack whose ``schema_needed`` asks the agent for the whole schema again. The agent names a
+schema by hash only after an ack whose ``schema_stored`` says a receiver has it (a receiver of version 2
+never says so: its agents go on sending schemas whole).
+
 Contract
-- Pure functions, no I/O, no shared state: safe from any thread. The caller owns what it passes in
+- Pure functions, no I/O, no shared state but a bounded cache of schema hashes (a pure function's
+  results, keyed by :attr:`Schema.digest`): safe from any thread. The caller owns what it passes in
   and what it gets back (a :class:`DecodedBatch` shares nothing with the payload).
 - Packing only changes how the bytes are arranged, so a batch decodes alone, in any order, on any
   receiver, with no per-vehicle state, to exactly what each stored chunk decodes to.
@@ -22,14 +30,15 @@ Contract
 
 from __future__ import annotations
 
+import hashlib
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from agent.errors import WireError
+from agent.errors import SchemaUnknownError, WireError
 from agent.wire import telemetry_pb2 as pb
 from agent.wire.chunks import DEFAULT_LIMITS, Limits, decode_chunk, schema_from_message, schema_message
 from agent.wire.packed import pack, unpack
@@ -41,8 +50,11 @@ try:
 except ImportError:  # pragma: no cover - zstandard is a dependency; a receiver without it says so
     zstandard = None
 
-WIRE_VERSION = 2  # the newest version this side reads (and sends batches at): see proto/telemetry.proto
+WIRE_VERSION = 3  # the newest version this side reads: see proto/telemetry.proto
 BODY_VERSIONS = {pb.BODY_KIND_BATCH: 2, pb.BODY_KIND_ACK: 1, pb.BODY_KIND_STATUS: 1}  # what each is sent at
+BY_HASH_VERSION = 3  # a batch that names its schema by hash alone
+SCHEMA_HASH_BYTES = 16
+_SCHEMA_CACHE = 64  # schemas whose hash and serialized message are kept (an agent has one or two)
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a decompressed body past this is refused, not allocated
 COMPRESSIONS = ("zstd", "zlib", "none")
 DEFAULT_COMPRESSION = "zstd"  # chosen by measurement: see tests/harness/bench_codec.py and the README
@@ -62,15 +74,20 @@ def _compressor(compress: bool | str) -> str:
     return name
 
 
-def envelope(kind: pb.BodyKind, body: bytes, compress: bool | str) -> bytes:
-    """``body`` in its envelope, compressed as asked (see :func:`encode_batch`)."""
+def envelope(kind: pb.BodyKind, body: bytes, compress: bool | str, version: int = 0) -> bytes:
+    """``body`` in its envelope, compressed as asked (see :func:`encode_batch`), at ``version`` (0: the
+    kind's :data:`BODY_VERSIONS`). A body that compression would not make smaller goes as it is (a
+    second's batch online is a few hundred bytes, where a compressor's frame costs more than it saves)."""
     name = _compressor(compress)
-    wrapped = pb.Envelope(version=BODY_VERSIONS[kind], kind=kind, body=body)
+    wrapped = pb.Envelope(version=version or BODY_VERSIONS[kind], kind=kind, body=body)
     if name == "zlib":
-        wrapped.compression, wrapped.body = pb.COMPRESSION_ZLIB, zlib.compress(body, ZLIB_LEVEL)
+        packed = zlib.compress(body, ZLIB_LEVEL)
+        if len(packed) < len(body):
+            wrapped.compression, wrapped.body = pb.COMPRESSION_ZLIB, packed
     elif name == "zstd":
-        zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
-        wrapped.compression, wrapped.body = pb.COMPRESSION_ZSTD, zstd.compress(body)
+        packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(body)
+        if len(packed) < len(body):
+            wrapped.compression, wrapped.body = pb.COMPRESSION_ZSTD, packed
     return wrapped.SerializeToString()
 
 
@@ -103,6 +120,11 @@ def _unzstd(data: bytes) -> bytes:
 
 
 def _open_envelope(payload: bytes, kind: pb.BodyKind) -> bytes:
+    return _open(payload, kind)[1]
+
+
+def _open(payload: bytes, kind: pb.BodyKind) -> tuple[int, bytes]:
+    """(the body's wire version, the body, decompressed)."""
     try:
         wrapped = pb.Envelope.FromString(payload)
     except DecodeError as error:
@@ -114,11 +136,11 @@ def _open_envelope(payload: bytes, kind: pb.BodyKind) -> bytes:
     if wrapped.kind != kind:
         raise WireError(f"expected a {pb.BodyKind.Name(kind)}, got body kind {wrapped.kind}")
     if wrapped.compression == pb.COMPRESSION_NONE:
-        return wrapped.body
+        return wrapped.version, wrapped.body
     if wrapped.compression == pb.COMPRESSION_ZLIB:
-        return _inflate(wrapped.body)
+        return wrapped.version, _inflate(wrapped.body)
     if wrapped.compression == pb.COMPRESSION_ZSTD:
-        return _unzstd(wrapped.body)
+        return wrapped.version, _unzstd(wrapped.body)
     raise WireError(f"unknown compression {wrapped.compression}")
 
 
@@ -146,6 +168,10 @@ class DecodedBatch:
     evicted: list[tuple[bytes, int, int]]
     sent_at: float
     backlog_chunks: int = 0
+    # The schema's hash and serialized message when the batch carried it whole (the receiver stores it
+    # under its hash in the batch's transaction); empty when it named it by hash or said no hash.
+    schema_hash: bytes = b""
+    schema_body: bytes = b""
 
 
 def _varint(number: int) -> bytes:
@@ -157,6 +183,26 @@ def _varint(number: int) -> bytes:
             return bytes(out)
 
 
+_schemas: dict[bytes, tuple[bytes, bytes]] = {}  # Schema.digest -> (schema_hash, serialized message)
+
+
+def _schema_parts(schema: Schema) -> tuple[bytes, bytes]:
+    """(:func:`schema_hash`, the serialized ``pb.Schema``) of ``schema``, cached."""
+    parts = _schemas.get(schema.digest)
+    if parts is None:
+        body = schema_message(schema).SerializeToString(deterministic=True)
+        parts = (hashlib.sha256(body).digest()[:SCHEMA_HASH_BYTES], body)
+        if len(_schemas) >= _SCHEMA_CACHE:
+            _schemas.clear()
+        _schemas[schema.digest] = parts
+    return parts
+
+
+def schema_hash(schema: Schema) -> bytes:
+    """The schema's name on the wire: the first 16 bytes of SHA-256 over its serialized message."""
+    return _schema_parts(schema)[0]
+
+
 def encode_batch(
     vin: str,
     schema: Schema,
@@ -165,43 +211,74 @@ def encode_batch(
     sent_at: float = 0.0,
     compress: bool | str = True,
     backlog_chunks: int = 0,
+    schema_by_hash: bool = False,
 ) -> bytes:
     """Stored chunks (from :func:`~agent.wire.chunks.encode_chunk`) in one payload, packed when they fit.
 
     ``compress``: ``True`` for :data:`DEFAULT_COMPRESSION`, ``False`` for none, or a name of
     :data:`COMPRESSIONS`. Chunks that do not fit ``schema`` are sent as they are, for the receiver to
     refuse (never packed into something that would decode differently). ``backlog_chunks``: how many of
-    the first chunks waited in the buffer (see :class:`DecodedBatch`).
+    the first chunks waited in the buffer (see :class:`DecodedBatch`). ``schema_by_hash``: name the
+    schema by its hash alone and send packed residuals sparse (version 3), for a receiver that has
+    stored it (so reads version 3); else carry it whole, at version 2.
     """
     blobs = list(chunks)
     if not 0 <= backlog_chunks <= len(blobs):
         raise ValueError(f"backlog_chunks {backlog_chunks} is not within the batch's {len(blobs)} chunks")
-    header = pb.Batch(vin=vin, schema=schema_message(schema), sent_at=sent_at, backlog_chunks=backlog_chunks)
+    digest, schema_body = _schema_parts(schema)
+    header = pb.Batch(vin=vin, sent_at=sent_at, backlog_chunks=backlog_chunks, schema_hash=digest)
     for boot_id, first, last in evicted:
         header.evicted.add(boot_id=boot_id, first_seq=first, last_seq=last)
     # A serialized message field is just (tag, length, bytes), a repeated one that per element: append.
-    packed = pack(schema, blobs)
+    parts = [header.SerializeToString()]
+    if not schema_by_hash:
+        parts += (b"\x12", _varint(len(schema_body)), schema_body)  # Batch.schema
+    packed = pack(schema, blobs, sparse=schema_by_hash)  # a receiver that stored a schema reads version 3
     if packed is not None:
         body = packed.SerializeToString()
-        parts = [header.SerializeToString(), b"\x32", _varint(len(body)), body]  # Batch.packed
-        return envelope(pb.BODY_KIND_BATCH, b"".join(parts), compress)
-    parts = [header.SerializeToString()]
-    for blob in blobs:
-        parts += (b"\x1a", _varint(len(blob)), blob)  # Batch.chunks
-    return envelope(pb.BODY_KIND_BATCH, b"".join(parts), compress)
+        parts += (b"\x32", _varint(len(body)), body)  # Batch.packed
+    else:
+        for blob in blobs:
+            parts += (b"\x1a", _varint(len(blob)), blob)  # Batch.chunks
+    version = BY_HASH_VERSION if schema_by_hash else 0
+    return envelope(pb.BODY_KIND_BATCH, b"".join(parts), compress, version)
 
 
-def decode_batch(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedBatch:
-    """The batch in ``payload``; ``WireError`` on garbage or when it declares more than ``limits``."""
-    body = _open_envelope(payload, pb.BODY_KIND_BATCH)
+def decode_batch(
+    payload: bytes,
+    limits: Limits = DEFAULT_LIMITS,
+    schemas: Callable[[bytes], Schema | None] | None = None,
+) -> DecodedBatch:
+    """The batch in ``payload``; ``WireError`` on garbage or when it declares more than ``limits``.
+
+    ``schemas`` looks up a schema by its hash, for a batch that names it so; :class:`SchemaUnknownError`
+    when there is no lookup or it finds nothing. A batch that carries its schema and a hash that is not
+    that schema's is garbage (a receiver would otherwise store a schema under another's name).
+    """
+    version, body = _open(payload, pb.BODY_KIND_BATCH)
     message = _parse(pb.Batch, body, "batch")
     assert isinstance(message, pb.Batch)
     if not message.vin:
         raise WireError("batch has no VIN")
-    schema = schema_from_message(message.schema)
+    digest, schema_body = bytes(message.schema_hash), b""
+    if message.HasField("schema") or not digest:
+        schema = schema_from_message(message.schema)
+        if digest:
+            expected, schema_body = _schema_parts(schema)
+            if digest != expected:
+                raise WireError(f"batch's schema_hash {digest.hex()} is not its schema's ({expected.hex()})")
+    elif version < BY_HASH_VERSION:
+        raise WireError(f"a version-{version} batch has no schema (naming it by hash is version 3)")
+    else:
+        found = None if schemas is None else schemas(digest)
+        if found is None:
+            raise SchemaUnknownError(digest, message.vin)
+        schema, digest = found, b""
     if message.HasField("packed") and message.chunks:
         raise WireError("batch has both packed and unpacked chunks")
     if message.HasField("packed"):
+        if version < BY_HASH_VERSION and message.packed.HasField("sparse"):
+            raise WireError(f"a version-{version} batch with sparse residuals (they are version 3)")
         decoded = unpack(schema, message.packed, limits)
     else:
         limits.check((chunk.sample_count for chunk in message.chunks), len(schema.signals), "batch")
@@ -209,7 +286,9 @@ def decode_batch(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> DecodedBatc
     if message.backlog_chunks > len(decoded):
         raise WireError(f"batch says {message.backlog_chunks} backlog chunks of its {len(decoded)}")
     evicted = [(bytes(r.boot_id), r.first_seq, r.last_seq) for r in message.evicted]
-    return DecodedBatch(message.vin, schema, decoded, evicted, message.sent_at, message.backlog_chunks)
+    return DecodedBatch(
+        message.vin, schema, decoded, evicted, message.sent_at, message.backlog_chunks, digest, schema_body
+    )
 
 
 # --- acks and status -----------------------------------------------------------------------------------
@@ -226,8 +305,17 @@ def chunk_ranges(ids: Iterable[ChunkId]) -> list[tuple[bytes, int, int]]:
     return ranges
 
 
-def encode_ack(vin: str, ids: Iterable[ChunkId], noted: Iterable[tuple[bytes, int, int]] = ()) -> bytes:
-    ack = pb.Ack(vin=vin)
+def encode_ack(
+    vin: str,
+    ids: Iterable[ChunkId],
+    noted: Iterable[tuple[bytes, int, int]] = (),
+    schema_needed: bytes = b"",
+    schema_stored: bytes = b"",
+) -> bytes:
+    """An ack of stored chunks and noted evictions, and of the schema the batch carried whole
+    (``schema_stored``: its hash, in the store); or, with ``schema_needed``, a receiver's request for the
+    schema of that hash (a batch it could not decode, of which it stored nothing)."""
+    ack = pb.Ack(vin=vin, schema_needed=schema_needed, schema_stored=schema_stored)
     for boot_id, first, last in chunk_ranges(ids):
         ack.stored.add(boot_id=boot_id, first_seq=first, last_seq=last)
     for boot_id, first, last in noted:
@@ -240,6 +328,14 @@ def ack_noted(payload: bytes) -> list[tuple[bytes, int, int]]:
     message = _parse(pb.Ack, _open_envelope(payload, pb.BODY_KIND_ACK), "ack")
     assert isinstance(message, pb.Ack)
     return [(bytes(r.boot_id), r.first_seq, r.last_seq) for r in message.noted]
+
+
+def ack_schemas(payload: bytes) -> tuple[bytes, bytes]:
+    """(the schema hash an ack asks the agent to send whole, the one it says is stored), ``b""`` each
+    when it says nothing of schemas."""
+    message = _parse(pb.Ack, _open_envelope(payload, pb.BODY_KIND_ACK), "ack")
+    assert isinstance(message, pb.Ack)
+    return bytes(message.schema_needed), bytes(message.schema_stored)
 
 
 def decode_ack(payload: bytes) -> tuple[str, list[tuple[bytes, int, int]]]:

@@ -39,13 +39,16 @@ from agent.errors import WireError
 from agent.wire import telemetry_pb2 as pb
 from agent.wire.chunks import DEFAULT_LIMITS, MAX_CHUNK_SAMPLES, Limits, Parts, ticks_from
 from agent.wire.packed_columns import Unfit, pack_column, refreshes, slices, unpack_column
+from agent.wire.sparse import from_sparse, to_sparse
 from agent.wire.values import ChunkData, RawValue, Schema
 
 MAX_BATCH_SAMPLES = 16_000_000  # a packed batch claiming more samples in all is refused
 
 
-def pack(schema: Schema, blobs: Sequence[bytes]) -> pb.Packed | None:
-    """The stored chunks laid out signal by signal, or ``None`` when they cannot be packed faithfully."""
+def pack(schema: Schema, blobs: Sequence[bytes], sparse: bool = False) -> pb.Packed | None:
+    """The stored chunks laid out signal by signal, or ``None`` when they cannot be packed faithfully.
+
+    ``sparse``: the residuals go in ``Packed.sparse`` (:mod:`agent.wire.sparse`; wire version 3)."""
     try:
         messages = [pb.Chunk.FromString(blob) for blob in blobs]
         chunks = [Parts(schema, message) for message in messages]
@@ -77,6 +80,8 @@ def pack(schema: Schema, blobs: Sequence[bytes]) -> pb.Packed | None:
             pack_column(packed.columns.add(), chunks, index, spec, refresh)
     except Unfit:
         return None
+    if sparse:
+        to_sparse(packed)
     return packed
 
 
@@ -110,9 +115,13 @@ def unpack(schema: Schema, packed: pb.Packed, limits: Limits = DEFAULT_LIMITS) -
             raise WireError(f"packed batch: {len(dods)} tick deltas for {count} samples")
         ticks.append(ticks_from(first, count, dods))
     refresh = refreshes(firsts, schema)
+    streams: list[list[int] | None] = [None] * len(packed.columns)
+    if packed.HasField("sparse"):
+        streams = list(from_sparse(packed, sum(counts)))
     values: list[list[list[RawValue | None]]] = [[] for _ in counts]
-    for spec, column in zip(schema.signals, packed.columns, strict=True):
-        for chunk, decoded in zip(values, unpack_column(spec, column, counts, refresh), strict=True):
+    for spec, column, stream in zip(schema.signals, packed.columns, streams, strict=True):
+        decoded_column = unpack_column(spec, column, counts, refresh, stream)
+        for chunk, decoded in zip(values, decoded_column, strict=True):
             chunk.append(decoded)
     ids = zip(boots, seqs, sealed, strict=True)
     return [

@@ -223,10 +223,15 @@ def _merge_runs(runs: list[int], more: Sequence[int], count: int) -> None:
 
 
 def unpack_column(
-    spec: SignalSpec, column: pb.Column, counts: Sequence[int], refresh: Sequence[bool]
+    spec: SignalSpec,
+    column: pb.Column,
+    counts: Sequence[int],
+    refresh: Sequence[bool],
+    residuals: list[int] | None = None,
 ) -> list[list[RawValue | None]]:
-    """One signal's values in each chunk (of ``counts`` samples) of a packed batch."""
-    coded = coded_of(column)
+    """One signal's values in each chunk (of ``counts`` samples) of a packed batch (``residuals``, when
+    given, stand for the column's own: see :mod:`agent.wire.sparse`)."""
+    coded = coded_of(column, residuals)
     masks: list[list[bool]] | None = None
     presents = counts
     if coded.runs:

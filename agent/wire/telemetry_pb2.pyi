@@ -217,6 +217,7 @@ class Packed(_message.Message):
         "sample_count",
         "sealed_at_ms",
         "seq",
+        "sparse",
         "tick_dod",
         "tick_dod_count",
     )
@@ -228,6 +229,7 @@ class Packed(_message.Message):
     TICK_DOD_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     SEALED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
     boot_id: _containers.RepeatedScalarFieldContainer[bytes]
     seq: _containers.RepeatedScalarFieldContainer[int]
     first_tick: _containers.RepeatedScalarFieldContainer[int]
@@ -236,6 +238,7 @@ class Packed(_message.Message):
     tick_dod: _containers.RepeatedScalarFieldContainer[int]
     columns: _containers.RepeatedCompositeFieldContainer[Column]
     sealed_at_ms: _containers.RepeatedScalarFieldContainer[int]
+    sparse: SparseResiduals
     def __init__(
         self,
         boot_id: _Iterable[bytes] | None = ...,
@@ -246,10 +249,26 @@ class Packed(_message.Message):
         tick_dod: _Iterable[int] | None = ...,
         columns: _Iterable[Column | _Mapping] | None = ...,
         sealed_at_ms: _Iterable[int] | None = ...,
+        sparse: SparseResiduals | _Mapping | None = ...,
+    ) -> None: ...
+
+class SparseResiduals(_message.Message):
+    __slots__ = ("gaps", "nonzero", "values")
+    NONZERO_FIELD_NUMBER: _ClassVar[int]
+    GAPS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    nonzero: _containers.RepeatedScalarFieldContainer[int]
+    gaps: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(
+        self,
+        nonzero: _Iterable[int] | None = ...,
+        gaps: _Iterable[int] | None = ...,
+        values: _Iterable[int] | None = ...,
     ) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("backlog_chunks", "chunks", "evicted", "packed", "schema", "sent_at", "vin")
+    __slots__ = ("backlog_chunks", "chunks", "evicted", "packed", "schema", "schema_hash", "sent_at", "vin")
     VIN_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +276,7 @@ class Batch(_message.Message):
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_HASH_FIELD_NUMBER: _ClassVar[int]
     vin: str
     schema: Schema
     chunks: _containers.RepeatedCompositeFieldContainer[Chunk]
@@ -264,6 +284,7 @@ class Batch(_message.Message):
     sent_at: float
     packed: Packed
     backlog_chunks: int
+    schema_hash: bytes
     def __init__(
         self,
         vin: str | None = ...,
@@ -273,21 +294,28 @@ class Batch(_message.Message):
         sent_at: float | None = ...,
         packed: Packed | _Mapping | None = ...,
         backlog_chunks: int | None = ...,
+        schema_hash: bytes | None = ...,
     ) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("noted", "stored", "vin")
+    __slots__ = ("noted", "schema_needed", "schema_stored", "stored", "vin")
     VIN_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
     NOTED_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_STORED_FIELD_NUMBER: _ClassVar[int]
     vin: str
     stored: _containers.RepeatedCompositeFieldContainer[ChunkRange]
     noted: _containers.RepeatedCompositeFieldContainer[ChunkRange]
+    schema_needed: bytes
+    schema_stored: bytes
     def __init__(
         self,
         vin: str | None = ...,
         stored: _Iterable[ChunkRange | _Mapping] | None = ...,
         noted: _Iterable[ChunkRange | _Mapping] | None = ...,
+        schema_needed: bytes | None = ...,
+        schema_stored: bytes | None = ...,
     ) -> None: ...
 
 class Status(_message.Message):
