@@ -142,6 +142,8 @@ class UploadConfig:
     ack_timeout_s: float = 15.0
     compression: str = "zstd"
     max_bytes_per_s: float = 0.0  # 0 = no bandwidth cap
+    batch_interval_s: float = 0.0  # online: a batch at most this often; 0 = a batch per commit
+    monthly_bytes: int = 0  # the month's data budget on the link (agent.budget); 0 = none
 
 
 MAX_STATUS_SIGNALS = 16  # the retained status stays a few hundred bytes
@@ -277,6 +279,8 @@ AGENT_SCHEMA = Section(
                 "ack_timeout_s": Float(min=0, min_open=True),
                 "compression": Choice("zstd", "zlib", "none"),
                 "max_bytes_per_s": Float(min=0),
+                "batch_interval_s": Float(min=0, max=300),
+                "monthly_bytes": Integer(min=0),
             },
         ),
         "logging": LOGGING_SECTION,

@@ -4,7 +4,9 @@
 
 The supervisor is the caller's thread (the main thread under systemd): it opens (and if need be
 quarantines) the buffer before any stage starts, handles SIGTERM/SIGINT, publishes the status once a
-second, and decides when a replay is complete (source ended, last commit done, buffer empty).
+second while it changes (every ``STATUS_REFRESH_S`` when it does not), counts the month's link bytes
+(:mod:`agent.budget`), and decides when a replay is complete (source ended, last commit done, buffer
+empty). A running daemon's supervisor wakes once a second; a replay's every 0.1 s.
 
 Contract
 - The pipeline and the uploader are :class:`agent.stage.Stage` objects, each on its own thread. The
@@ -33,12 +35,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from types import FrameType
 from typing import Any
 
 from agent import __version__, source, wire
+from agent.budget import MonthlyBudget
 from agent.buffer import Buffer, BufferStats
 from agent.chunk import new_boot_id
 from agent.config import AgentConfig
@@ -53,6 +56,8 @@ from agent.upload import Uploader
 from agent.wire.values import Schema
 
 STATUS_EVERY_S = 1.0
+STATUS_REFRESH_S = 5.0  # an unchanged status is sent again this often (a reader's STALE_AFTER_S is 10)
+SUPERVISE_WAIT_S = 1.0  # a running daemon's supervisor loop: idle, it is the only thing that wakes
 
 
 def build_schema(config: AgentConfig) -> tuple[Decoder, Schema]:
@@ -105,6 +110,8 @@ class Agent:
         self.decoder, self.schema = build_schema(config)
         self.boot_id = new_boot_id()
         self.stop_event = threading.Event()
+        self._last_status: StatusReport | None = None  # what the last published status said (no time)
+        self._status_at = 0.0
         self.supervisor = Supervisor()  # sd_notify: READY, STATUS, WATCHDOG, STOPPING; no-ops outside systemd
         self.log_stats = source.LogStats()
         self.buffer = Buffer(
@@ -131,6 +138,10 @@ class Agent:
         )
         self.uploader = Uploader(config.vin, config.upload, config.mqtt, buffer.path, wake)
         self.status_file = status_path(buffer.path)
+        self.budget = MonthlyBudget(
+            buffer.path.with_name(buffer.path.name + ".month.json"), config.upload.monthly_bytes
+        )
+        self._status_link_bytes = 0  # statuses published since the budget last counted
 
     def _open_source(self) -> tuple[source.FrameFeed, list[threading.Thread]]:
         config = self.config
@@ -205,7 +216,9 @@ class Agent:
         stats = self.buffer.stats()
         upload = self.uploader.status()  # the uploader's published snapshot: never its live state
         eta = drain_eta(stats.samples, upload.acked_samples_per_s)
-        return StatusReport.from_stats(
+        month = self.budget.update(upload.counters.link_bytes, self._status_link_bytes)
+        self._status_link_bytes = 0
+        report = StatusReport.from_stats(
             self.config.vin,
             upload.state.value,
             stats,
@@ -215,15 +228,30 @@ class Agent:
             unacked_for_s=upload.unacked_for_s,
             latest=self.pipeline.latest.snapshot(),  # the pipeline's published snapshot
         )
+        return replace(
+            report,
+            month_bytes=month.used_bytes,
+            month_projected_bytes=month.projected_bytes,
+            monthly_budget_bytes=month.monthly_bytes,
+        )
 
-    def publish_status(self) -> StatusReport:
+    def publish_status(self, only_if_changed: bool = False) -> StatusReport:
+        """The status to systemd, the status file and the broker; ``only_if_changed``: skip it when it
+        says what the last one said and that one is younger than ``STATUS_REFRESH_S`` (an idle daemon
+        writes no file and sends no bytes every second)."""
         report = self.report()
+        unchanged = replace(report, updated_at=0.0) == self._last_status
+        if only_if_changed and unchanged and time.monotonic() - self._status_at < STATUS_REFRESH_S:
+            return report
+        self._last_status, self._status_at = replace(report, updated_at=0.0), time.monotonic()
         self.supervisor.status(report.line())
         try:
             write_status_file(self.status_file, report)
         except OSError as error:
             self.log.warning("status_file_failed", path=str(self.status_file), reason=str(error))
-        self.uploader.publish_status(wire.encode_status(report.to_proto(__version__)))
+        self._status_link_bytes += self.uploader.publish_status(
+            wire.encode_status(report.to_proto(__version__))
+        )
         return report
 
     def run(self, until_drained: bool = False, drain_timeout_s: float = 60.0) -> RunResult:
@@ -233,7 +261,7 @@ class Agent:
         next_status = 0.0
         # The buffer was opened (and checked) in __init__; READY once every live bus is bound too.
         ready = False
-        while not self.stop_event.wait(0.1):
+        while not self.stop_event.wait(0.1 if until_drained or not ready else self._loop_wait_s()):
             if self.failed_stages():
                 break
             if not ready and all(bound.is_set() for bound in self.bound):
@@ -241,7 +269,7 @@ class Agent:
                 ready = True
             self.supervisor.tick(self.heartbeats())
             if time.monotonic() >= next_status:
-                self.publish_status()
+                self.publish_status(only_if_changed=True)
                 next_status = time.monotonic() + STATUS_EVERY_S
             if not until_drained:
                 continue
@@ -282,6 +310,13 @@ class Agent:
             sampling,
         )
 
+    def _loop_wait_s(self) -> float:
+        """How long a running daemon's supervisor sleeps between looks (a replay's looks every 0.1 s, to
+        see its end at once): a second (a failed stage or a stall is seen within it), or as often as its
+        watchdog needs."""
+        interval = self.supervisor.watchdog.interval_s
+        return min(SUPERVISE_WAIT_S, interval / 2) if interval else SUPERVISE_WAIT_S
+
     def failed_stages(self) -> tuple[str, ...]:
         """The stages whose thread ended on an unexpected error (``source``: a reader that failed)."""
         failed = tuple(stage.name for stage in (self.pipeline, self.uploader) if stage.failed.is_set())
@@ -307,6 +342,9 @@ class Agent:
             self.pipeline.request_stop()
             self.pipeline.join(1.0)
         self.uploader.stop(1.5)
+        self.budget.update(self.uploader.status().counters.link_bytes, self._status_link_bytes)
+        self._status_link_bytes = 0
+        self.budget.save()
         self.status_file.unlink(missing_ok=True)
         self.log.info(
             "agent_stopped",

@@ -38,7 +38,7 @@ from agent.source import FrameFeed
 from agent.stage import Stage
 from agent.wire.values import Schema
 
-IDLE_WAIT_S = 0.5  # the longest wait for frames: the pipeline's heartbeat period
+IDLE_WAIT_S = 1.0  # the longest wait for frames: the pipeline's heartbeat period
 
 
 class Pipeline(Stage):
@@ -88,6 +88,7 @@ class Pipeline(Stage):
         self._buffer = Buffer(self.buffer_path)
         self._schema_id = self._buffer.schema_id(self.schema)
         self._next_commit = time.monotonic() + self.commit_interval_s
+        self._fed = False  # frames arrived since the last commit
 
     def run_once(self) -> bool:
         """Decode and sample what the feed has (waiting at most until the next commit is due, and never
@@ -100,13 +101,20 @@ class Pipeline(Stage):
             self.log.info("backpressure_released", held_s=round(time.monotonic() - self._held_since, 1))
             self._held_since = None
         decode, feed_sampler = self.decoder.decode, self.sampler.feed
-        frames = self.feed.get(timeout=max(0.0, min(self._next_commit - time.monotonic(), IDLE_WAIT_S)))
+        idle = not self._fed and not self.writer.pending  # nothing to commit: no need to wake for it
+        due_in = IDLE_WAIT_S if idle else min(self._next_commit - time.monotonic(), IDLE_WAIT_S)
+        frames = self.feed.get(timeout=max(0.0, due_in))
         if frames is None:
             return False
-        for frame in frames:
-            feed_sampler(to_micros(frame.timestamp), decode(frame))
-        self.latest.publish()
-        if time.monotonic() >= self._next_commit:
+        if frames:
+            if not self._fed and not self.writer.pending:  # the first after a quiet spell: a chunk's start
+                self._next_commit = max(self._next_commit, time.monotonic() + self.commit_interval_s)
+            self._fed = True
+            for frame in frames:
+                feed_sampler(to_micros(frame.timestamp), decode(frame))
+            self.latest.publish()
+        if time.monotonic() >= self._next_commit and (self._fed or self.writer.pending):
+            self._fed = False
             self.commit(self._buffer, self._schema_id)
             self._next_commit = time.monotonic() + self.commit_interval_s
         return True

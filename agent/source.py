@@ -57,6 +57,9 @@ BUS_RETRY_FIRST_S = 0.5  # the first wait for a missing or down interface; doubl
 BUS_RETRY_MAX_S = 30.0
 IFF_UP = 0x1  # <linux/if.h>
 SYS_NET = Path("/sys/class/net")
+FRAME_GAP_S = 0.05  # a live bus quiet this long after a frame: hand over what is pending
+QUIET_WAIT_S = 1.0  # then wait this long at a time until the next frame (and see a stop within it)
+PACE_STEP_S = 0.02  # a paced replay releases frames this much ahead of time, in steps
 MAX_PACED_GAP_S = 10.0  # pacing waits out at most this much log time between two frames
 
 
@@ -183,7 +186,9 @@ def _bad_line(stats: LogStats, where: str) -> None:
 
 
 def paced(frames: Iterable[can.Message], speed: float | None, stop: threading.Event) -> Iterator[can.Message]:
-    """Release frames at ``speed`` x the log's rate (``None``: no waiting), on the log's timestamps."""
+    """Release frames at ``speed`` x the log's rate (``None``: no waiting), on the log's timestamps, up to
+    ``PACE_STEP_S`` early: the thread sleeps once per step, not once per frame (a 500 frames/s log would
+    otherwise wake it 500 times a second)."""
     if speed is None:
         yield from frames
         return
@@ -195,7 +200,7 @@ def paced(frames: Iterable[can.Message], speed: float | None, stop: threading.Ev
         previous = stamp
         assert start_wall is not None and log_start is not None
         delay = start_wall + (stamp - log_start) / speed - time.monotonic()
-        if delay > 0.002 and stop.wait(delay):
+        if delay > PACE_STEP_S and stop.wait(delay):
             return
         yield frame
 
@@ -304,18 +309,24 @@ def bus_frames(
     bus: can.BusABC, channel: str, stop: threading.Event, live_clock: clock.LiveClock | None = None
 ) -> Iterator[can.Message | None]:
     """Frames from a live bus, named ``channel`` and stamped on ``live_clock`` (default: the process's
-    shared one); ``None`` on every quiet 50 ms. Runs on a reader thread."""
+    shared one); ``None`` after a quiet 50 ms that follows a frame (what is pending goes at once), then
+    waits up to ``QUIET_WAIT_S`` at a time while the bus stays quiet (an idle bus costs no polling). Runs
+    on a reader thread; ``stop`` is seen within ``QUIET_WAIT_S``."""
     stamp = (live_clock or clock.SHARED).stamp
+    timeout = FRAME_GAP_S
     while not stop.is_set():
         try:
-            frame = bus.recv(timeout=0.05)
+            frame = bus.recv(timeout=timeout)
         except can.CanError as error:
             log.error("bus_receive_failed", channel=channel, reason=str(error))
             stop.wait(1.0)
             continue
         if frame is None or frame.is_error_frame or frame.is_remote_frame:
-            yield None
+            if frame is None and timeout == FRAME_GAP_S:
+                yield None
+            timeout = QUIET_WAIT_S if frame is None else timeout
             continue
+        timeout = FRAME_GAP_S
         frame.channel = channel
         frame.timestamp = stamp(frame.timestamp)
         yield frame

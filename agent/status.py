@@ -49,6 +49,7 @@ class UploadCounters:
     chunks_sent: int = 0
     chunks_acked: int = 0
     bytes_sent: int = 0
+    link_bytes: int = 0  # batches out and acks in, MQTT framing included (agent.budget)
     resends: int = 0
     last_ack_at: float | None = None
     acks_rejected: int = 0  # acks whose MAC is missing or wrong (mqtt.auth_key_file): nothing deleted
@@ -107,6 +108,9 @@ class StatusReport:
     updated_at: float
     unacked_for_s: float | None = None  # in NOT_ACKED: how long the receiver has not acked
     latest: tuple[Latest, ...] = ()  # status.signals' latest values (agent.latest)
+    month_bytes: int = 0  # link bytes this UTC month (agent.budget)
+    month_projected_bytes: int = 0  # the month at this month's rate so far
+    monthly_budget_bytes: int = 0  # upload.monthly_bytes; 0 = none
 
     @classmethod
     def from_stats(
@@ -163,9 +167,15 @@ class StatusReport:
         if state == State.NOT_ACKED.value:
             waited = f" for {self.unacked_for_s:.0f} s" if self.unacked_for_s is not None else ""
             state = f"{state} (connected, but the receiver has not acked{waited})"
+        budget = ""
+        if self.monthly_budget_bytes and self.month_projected_bytes > self.monthly_budget_bytes:
+            budget = (
+                f", OVER BUDGET: month projected {self.month_projected_bytes / 1e6:.1f} MB of "
+                f"{self.monthly_budget_bytes / 1e6:.1f} MB"
+            )
         return (
             f"{state}: backlog {self.backlog_chunks} chunks / {self.backlog_samples} samples{eta}, "
-            f"last ack {ack}{drops}"
+            f"last ack {ack}{drops}{budget}"
         )
 
     def to_proto(self, version: str) -> pb.Status:
@@ -183,6 +193,9 @@ class StatusReport:
             drain_eta_s=self.drain_eta_s or 0.0,
             drain_eta_known=self.drain_eta_s is not None,
             latest=[pb.LatestValue(name=e.name, value=e.value, at=e.at) for e in self.latest],
+            month_bytes=self.month_bytes,
+            month_projected_bytes=self.month_projected_bytes,
+            monthly_budget_bytes=self.monthly_budget_bytes,
         )
 
 

@@ -9,6 +9,8 @@ Contract
 - Publishes whole chunks, oldest first, as batches at QoS 1 on ``{prefix}/{vin}/telemetry``, keeping at
   most ``max_inflight_batches`` unacked, so the broker's per-subscriber queue never overflows. During a
   drain batches grow up to ``max_batch_bytes`` (and never past the broker's Maximum Packet Size).
+  Online, ``batch_interval_s`` > 0 holds committed chunks until the first of them has waited that long
+  (or they make half a full batch), then sends them as one: fewer, larger batches on a metered link.
 - Deletes from the buffer only what a receiver's ack on ``{prefix}/{vin}/ack`` names: the receiver sends
   it after its own commit. A PUBACK from the broker deletes nothing. An ack is honoured only for chunks
   this process has sent (:class:`agent.acks.SentLedger`) and the buffer still holds, deleted by SQL range,
@@ -65,7 +67,7 @@ from agent.wire import auth
 from agent.wire.values import ChunkId
 
 DRAIN_THRESHOLD_CHUNKS = 5  # more unsent chunks than this after a batch means we are draining
-IDLE_WAIT_S = 0.5  # the longest wait for work (a commit, a broker event): the heartbeat's period
+IDLE_WAIT_S = 2.0  # the longest wait for work (a commit, a broker event): the heartbeat's period
 UNACKED_AFTER_TIMEOUTS = 3  # in flight with no ack for this many ack timeouts: NOT_ACKED
 
 __all__ = ["IDLE_WAIT_S", "State", "UploadCounters", "UploadStatus", "Uploader"]
@@ -108,6 +110,7 @@ class Uploader(Stage):
         self._sent = SentLedger()  # what this process handed to the broker and has not seen acked
         self._waiting_since: float | None = None  # monotonic: first send with no ack since
         self._unknown_boot_logged = False
+        self._holding_since: float | None = None  # when chunks first waited for batch_interval_s
         self._schemas_stored: set[bytes] = set()  # schema hashes an ack said a receiver stored
         base = f"{mqtt_config.prefix}/{vin}"
         self.telemetry_topic, self.ack_topic, self.status_topic = (
@@ -139,10 +142,14 @@ class Uploader(Stage):
         """A copy of the running totals, as of the last snapshot (see :meth:`status`)."""
         return self.status().counters
 
-    def publish_status(self, payload: bytes) -> None:
-        """Retained status for dashboards (thread-safe: paho queues it)."""
-        if self.status().state is not State.OFFLINE:
-            self.client.publish(self.status_topic, self._sign(payload), qos=1, retain=True)
+    def publish_status(self, payload: bytes) -> int:
+        """Retained status for dashboards (thread-safe: paho queues it); the bytes it puts on the link
+        (0 while offline: a status is not queued for later)."""
+        if self.status().state is State.OFFLINE:
+            return 0
+        signed = self._sign(payload)
+        self.client.publish(self.status_topic, signed, qos=1, retain=True)
+        return mqtt.publish_bytes(self.status_topic, len(signed)) + mqtt.PUBACK_BYTES
 
     def _sign(self, payload: bytes) -> bytes:
         """``payload`` with its MAC under the vehicle's key, when there is one (pure: any thread)."""
@@ -261,6 +268,7 @@ class Uploader(Stage):
                 self._handle_ack(buffer, detail)
 
     def _handle_ack(self, buffer: Buffer, payload: bytes) -> None:
+        self._counters.link_bytes += mqtt.publish_bytes(self.ack_topic, len(payload)) + mqtt.PUBACK_BYTES
         if self._auth_key is not None:
             try:
                 auth.verify(payload, self._auth_key, self.vin)
@@ -405,6 +413,8 @@ class Uploader(Stage):
             if self.state is State.DRAINING and not self._inflight:
                 self._transition(State.ONLINE, "backlog sent", buffer)
             return self._send_notices_alone(buffer)
+        if self._holds(chunks):
+            return False
         payload = self._encode(buffer, chunks, notices)
         while self._packet_limit and len(payload) > self._packet_limit * 0.9 and len(chunks) > 1:
             chunks = chunks[: len(chunks) // 2]  # the broker would refuse it: send fewer chunks
@@ -426,10 +436,28 @@ class Uploader(Stage):
         self._counters.batches_sent += 1
         self._counters.chunks_sent += len(chunks)
         self._counters.bytes_sent += len(payload)
+        self._counters.link_bytes += (
+            mqtt.publish_bytes(self.telemetry_topic, len(payload)) + mqtt.PUBACK_BYTES
+        )
         if self.state is State.ONLINE and len(
             buffer.oldest(self._cursor, 1 << 30, DRAIN_THRESHOLD_CHUNKS + 1)
         ) > (DRAIN_THRESHOLD_CHUNKS):
             self._transition(State.DRAINING, "backlog found", buffer)
+        return True
+
+    def _holds(self, chunks: list[StoredChunk]) -> bool:
+        """Online and caught up, chunks wait up to ``batch_interval_s`` to leave together (each batch
+        costs its MQTT framing and an ack on the link), unless they already make half a full batch."""
+        if self.state is not State.ONLINE or self.config.batch_interval_s <= 0:
+            self._holding_since = None
+            return False
+        now = time.monotonic()
+        if self._holding_since is None:
+            self._holding_since = now
+        due = now - self._holding_since >= self.config.batch_interval_s
+        if due or sum(len(c.payload) for c in chunks) >= self.config.max_batch_bytes // 2:
+            self._holding_since = None
+            return False
         return True
 
     def _send_notices_alone(self, buffer: Buffer) -> bool:
@@ -457,6 +485,9 @@ class Uploader(Stage):
             self._waiting_since = time.monotonic()
         self._counters.batches_sent += 1
         self._counters.bytes_sent += len(payload)
+        self._counters.link_bytes += (
+            mqtt.publish_bytes(self.telemetry_topic, len(payload)) + mqtt.PUBACK_BYTES
+        )
         return False
 
     def _transition(self, new: State, reason: str, buffer: Buffer) -> None:

@@ -22,6 +22,7 @@ from agent import wire
 from agent.acks import SentLedger
 from agent.buffer import Buffer
 from agent.config import BufferConfig, UploadConfig
+from agent.service import mqtt
 from agent.service.mqtt import MqttConfig
 from agent.upload import Uploader
 from agent.wire import messages
@@ -239,6 +240,46 @@ def test_the_schema_goes_whole_until_a_receiver_stored_it_and_whole_again_when_o
             by_hash, latest = peer.next_batch(seen)
             assert by_hash
         assert uploader.counters.chunks_acked == 30
+    finally:
+        uploader.stop()
+        peer.close()
+
+
+def test_online_chunks_wait_for_the_batch_interval_and_leave_together(broker: Broker, tmp_path: Path) -> None:
+    path = tmp_path / "buffer.sqlite"
+    fill(path, BOOT, 2)  # a small backlog: the uploader is ONLINE, not draining
+    peer = RawPeer(broker)
+    started = time.monotonic()
+    uploader, _ = start_uploader(broker, path, batch_interval_s=2.0)
+    try:
+        _, batch = peer.next_batch(0)
+        assert time.monotonic() - started >= 2.0  # held for the interval (a loaded machine only adds)
+        assert [chunk.id.seq for chunk in batch.chunks] == [0, 1]  # both in one batch
+        assert uploader.counters.batches_sent == 1
+    finally:
+        uploader.stop()
+        peer.close()
+
+
+def test_link_bytes_count_every_batch_and_ack_with_their_mqtt_framing(broker: Broker, tmp_path: Path) -> None:
+    path = tmp_path / "buffer.sqlite"
+    fill(path, BOOT, 6)
+    peer = RawPeer(broker)
+    uploader, _ = start_uploader(broker, path, max_inflight_batches=1, max_batch_bytes=1024)
+    acks: list[bytes] = []
+    try:
+        seen = 0
+        while backlog(path):
+            _, batch = peer.next_batch(seen)
+            acks.append(wire.encode_ack(VIN, [chunk.id for chunk in batch.chunks]))
+            peer.ack(acks[-1])
+            seen += 1
+            wait_for(lambda: len(peer.payloads) > seen or not backlog(path))  # noqa: B023
+        wait_for(lambda: uploader.counters.chunks_acked == 6)
+        telemetry, ack_topic = f"fleet/{VIN}/telemetry", f"fleet/{VIN}/ack"
+        expected = sum(mqtt.publish_bytes(telemetry, len(p)) + mqtt.PUBACK_BYTES for p in peer.payloads)
+        expected += sum(mqtt.publish_bytes(ack_topic, len(a)) + mqtt.PUBACK_BYTES for a in acks)
+        assert seen >= 1 and uploader.counters.link_bytes == expected
     finally:
         uploader.stop()
         peer.close()

@@ -16,7 +16,7 @@ from agent.wire import packed, sparse
 from agent.wire import telemetry_pb2 as pb
 from agent.wire.values import ChunkData, RawValue, Schema
 from tests.harness.codec import BOOT, SPECS, drive, schema_of
-from tests.test_codec_properties import Signal, drives
+from tests.harness.strategies import Signal, drives
 
 SINT64 = st.integers(-(2**63), 2**63 - 1)
 STREAMS = st.lists(st.lists(st.one_of(st.just(0), st.just(0), SINT64), max_size=60), max_size=6)

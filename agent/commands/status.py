@@ -73,6 +73,17 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"dropped:        {report.dropped_chunks} chunks ({report.dropped_samples} samples) by the buffer cap"
     )
+    if live:  # the month's bytes are the daemon's count (agent.budget)
+        budget = f" of a {report.monthly_budget_bytes:,} B budget" if report.monthly_budget_bytes else ""
+        over = (
+            "  OVER BUDGET"
+            if report.monthly_budget_bytes and report.month_projected_bytes > report.monthly_budget_bytes
+            else ""
+        )
+        print(
+            f"link this month: {report.month_bytes:,} B, projected {report.month_projected_bytes:,} B"
+            f"{budget}{over}"
+        )
     for entry in report.latest:  # status.signals: the present, while the backlog drains
         print(f"latest:         {entry.name} = {entry.value} at {entry.at:.6f} s")
     print(f"buffer:         {config.buffer.path}")

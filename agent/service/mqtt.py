@@ -62,6 +62,17 @@ class Client(paho.Client):
         return result
 
 
+PUBACK_BYTES = 4  # an MQTT 5 PUBACK of a success without properties: type, length, packet id
+
+
+def publish_bytes(topic: str, payload: int) -> int:
+    """What an MQTT 5 QoS-1 PUBLISH of ``payload`` bytes on ``topic`` (no properties) takes on TCP: the
+    type byte, the remaining length (a varint), topic length and topic, packet id, property length."""
+    remaining = 2 + len(topic.encode()) + 2 + 1 + payload
+    length = 1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2_097_152 else 4
+    return 1 + length + remaining
+
+
 def make_client(
     settings: MqttSettings, client_id: str, persistent: bool, reconnect: tuple[int, int] = (1, 30)
 ) -> Client:

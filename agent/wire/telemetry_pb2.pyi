@@ -329,6 +329,9 @@ class Status(_message.Message):
         "dropped_chunks",
         "last_ack_at",
         "latest",
+        "month_bytes",
+        "month_projected_bytes",
+        "monthly_budget_bytes",
         "oldest_age_s",
         "state",
         "updated_at",
@@ -347,6 +350,9 @@ class Status(_message.Message):
     DRAIN_ETA_S_FIELD_NUMBER: _ClassVar[int]
     LATEST_FIELD_NUMBER: _ClassVar[int]
     DRAIN_ETA_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    MONTH_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MONTH_PROJECTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MONTHLY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     vin: str
     state: str
     backlog_chunks: int
@@ -360,6 +366,9 @@ class Status(_message.Message):
     drain_eta_s: float
     latest: _containers.RepeatedCompositeFieldContainer[LatestValue]
     drain_eta_known: bool
+    month_bytes: int
+    month_projected_bytes: int
+    monthly_budget_bytes: int
     def __init__(
         self,
         vin: str | None = ...,
@@ -375,6 +384,9 @@ class Status(_message.Message):
         drain_eta_s: float | None = ...,
         latest: _Iterable[LatestValue | _Mapping] | None = ...,
         drain_eta_known: bool | None = ...,
+        month_bytes: int | None = ...,
+        month_projected_bytes: int | None = ...,
+        monthly_budget_bytes: int | None = ...,
     ) -> None: ...
 
 class LatestValue(_message.Message):

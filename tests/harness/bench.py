@@ -837,18 +837,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     progress("live page: commit to a WebSocket client of /api/live, 20 batches")
     print_plain("API", [(m, v, None, u, n) for m, v, u, n in live_rows()])
+    from tests.harness.bench_agent import agent_rows
+    from tests.harness.bench_lossless import lossless_rows
+    from tests.harness.bench_online import online_rows
+
+    progress("link bytes online vs drained, on the committed drives")
+    print_plain("link bytes (reference: the same drive drained)", online_rows(), ratio=True)
+    progress("lossless on the real recordings vs zstd -19 over their raw frames")
+    print_plain(
+        "lossless, real recordings (reference: zstd -19, raw frames)", lossless_rows(progress), ratio=True
+    )
+    progress("the agent's own cost: throughput, CPU at 1x and idle, RSS in the package's environment")
+    print_plain("agent cost (reference: the library floor, or the goal)", agent_rows(progress), ratio=True)
     print(f"\nbench took {time.monotonic() - STARTED:.0f} s")
     progress("done")
     return 0
 
 
-def print_plain(title: str, rows: Sequence[tuple[str, float, float | None, str, str]]) -> None:
-    """A second table for measures with no naive twin (or with a bound as their baseline)."""
+def print_plain(
+    title: str, rows: Sequence[tuple[str, float, float | None, str, str]], ratio: bool = False
+) -> None:
+    """A second table for measures with no naive twin (or with a bound as their baseline); ``ratio``
+    adds ours / reference."""
     print(f"\n{title}")
+    if not rows:
+        print("(nothing measured: see the progress lines)")
+        return
     width = max(len(f"{measure} ({unit})") for measure, _, _, unit, _ in rows)
     for measure, value, baseline, unit, note in rows:
         base = "" if baseline is None else f"  | {baseline:>12,.3f}"
-        print(f"{f'{measure} ({unit})':<{width}}  {value:>12,.3f}{base}  {note[:90]}")
+        if ratio and baseline:
+            base += f"  {value / baseline:>6.2f}x"
+        print(f"{f'{measure} ({unit})':<{width}}  {value:>12,.3f}{base}  {note[:110]}")
 
 
 if __name__ == "__main__":
