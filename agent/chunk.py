@@ -50,15 +50,18 @@ class Chunker:
         self.max_samples = max_samples
         self.next_seq = 0
         self._ticks: list[int] = []
-        self._columns: list[list[RawValue | None]] = [[] for _ in schema.signals]
+        self._rows: list[
+            list[RawValue | None]
+        ] = []  # per sample, a copy of the row (C-speed); columns at seal
         self.sealed: list[SealedChunk] = []  # sealed, not yet handed to the buffer
 
     def add(self, tick: int, values: list[RawValue | None]) -> None:
         if self._ticks and tick - self._ticks[0] >= self.max_samples:
             self.seal()  # a jump over a silence: the chunk's span stays below max_samples
+        if len(values) != len(self.schema.signals):
+            raise ValueError(f"a sample of {len(values)} values for {len(self.schema.signals)} signals")
         self._ticks.append(tick)
-        for column, value in zip(self._columns, values, strict=True):
-            column.append(value)
+        self._rows.append(values.copy())
         if len(self._ticks) >= self.max_samples:
             self.seal()
 
@@ -68,11 +71,12 @@ class Chunker:
     def seal(self) -> SealedChunk | None:
         if not self._ticks:
             return None
-        data = ChunkData(self.boot_id, self.next_seq, self._ticks, self._columns, int(self.clock() * 1000))
+        columns: list[list[RawValue | None]] = [list(column) for column in zip(*self._rows, strict=True)]
+        data = ChunkData(self.boot_id, self.next_seq, self._ticks, columns, int(self.clock() * 1000))
         chunk = SealedChunk(data.id, self._ticks[0], len(self._ticks), wire.encode_chunk(self.schema, data))
         self.next_seq += 1
         self._ticks = []
-        self._columns = [[] for _ in self.schema.signals]
+        self._rows = []
         self.sealed.append(chunk)
         return chunk
 

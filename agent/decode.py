@@ -48,6 +48,7 @@ log = get_logger("agent.decode")
 ANY_CHANNEL = "*"  # a bus entry with this channel decodes frames of every channel
 MAX_LENGTH = {False: 8, True: 64}  # payload bytes a frame may carry: classic CAN, CAN FD
 CHANNEL_CHECK_FRAMES = 10_000  # after this many frames, a configured channel with none is reported
+MAX_RESOLVED = 65_536  # frame ids whose message lookup is remembered (a bus of random ids stops there)
 
 # Always lossless, whatever the configured bound: these carry meaning in every bit.
 _DISCRETE_NAME = re.compile(r"(counter|checksum|crc|alive|rolling|mux)", re.IGNORECASE)
@@ -90,6 +91,7 @@ class Decoder:
         self.periods = tuple(periods)  # per column: its message's DBC cycle time in seconds, or None
         self._exact = exact
         self._by_pgn = by_pgn
+        self._resolved: dict[tuple[str, int, bool], _Target | None] = {}  # one lookup per frame
         self.channels = frozenset(channel for channel, _ in [*exact, *by_pgn])  # configured, maybe "*"
         self.stats = DecodeStats()
         self._silent_reported = False
@@ -104,10 +106,11 @@ class Decoder:
         if len(frame.data) > MAX_LENGTH[bool(frame.is_fd)]:
             self._oversize(frame, key)
             return []
-        target = self._exact.get(key) or self._exact.get((ANY_CHANNEL, frame.arbitration_id))
-        if target is None and frame.is_extended_id and self._by_pgn:
-            pgn = j1939_pgn(frame.arbitration_id)
-            target = self._by_pgn.get((key[0], pgn)) or self._by_pgn.get((ANY_CHANNEL, pgn))
+        lookup = (key[0], key[1], frame.is_extended_id)
+        try:
+            target = self._resolved[lookup]
+        except KeyError:
+            target = self._resolve(lookup)
         if target is None:
             self.stats.unknown[key] += 1
             return []
@@ -139,6 +142,18 @@ class Decoder:
             self.stats.truncated[key] += 1
         self.stats.decoded += 1
         return [(column, values[name]) for name, column in target.columns if name in values]
+
+    def _resolve(self, lookup: tuple[str, int, bool]) -> _Target | None:
+        """The message a (channel, id, extended) frame decodes as: by exact id, else (29-bit) by J1939
+        PGN; remembered, up to ``MAX_RESOLVED`` ids (a bus of garbage ids cannot grow it without end)."""
+        channel, frame_id, extended = lookup
+        target = self._exact.get((channel, frame_id)) or self._exact.get((ANY_CHANNEL, frame_id))
+        if target is None and extended and self._by_pgn:
+            pgn = j1939_pgn(frame_id)
+            target = self._by_pgn.get((channel, pgn)) or self._by_pgn.get((ANY_CHANNEL, pgn))
+        if len(self._resolved) < MAX_RESOLVED:
+            self._resolved[lookup] = target
+        return target
 
     def _oversize(self, frame: can.Message, key: tuple[str, int]) -> None:
         if self.stats.oversize[key] == 0:

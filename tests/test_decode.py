@@ -8,6 +8,7 @@ import can
 import pytest
 
 from agent.dbc import load_dbc
+from agent import decode
 from agent.decode import ANY_CHANNEL, CHANNEL_CHECK_FRAMES, build_decoder, j1939_pgn
 from agent.errors import DbcError
 
@@ -61,6 +62,20 @@ def test_unknown_ids_and_channels_are_counted_not_errors(small_dbc: Path) -> Non
     assert decoder.decode(frame(0x555, b"\x00" * 8)) == []
     assert decoder.decode(frame(257, b"\x00" * 8, channel="can1")) == []
     assert decoder.stats.unknown[("can0", 0x555)] == 1 and decoder.stats.unknown[("can1", 257)] == 1
+
+
+def test_lookups_are_remembered_up_to_a_bound_and_decode_the_same(
+    small_dbc: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(decode, "MAX_RESOLVED", 8)
+    decoder = build_decoder([("can0", [small_dbc], "auto")], ["Speed.Value"])
+    first = decoder.decode(frame(257, bytes(range(8))))
+    for frame_id in range(0x600, 0x640):  # a bus of garbage ids
+        assert decoder.decode(frame(frame_id, b"\x00" * 8)) == []
+    assert len(decoder._resolved) == 8  # bounded, whatever the bus sends
+    assert decoder.decode(frame(257, bytes(range(8)))) == first != []  # the remembered lookup
+    assert decoder.decode(frame(0x63F, b"\x00" * 8)) == []  # past the bound: looked up every time
+    assert decoder.stats.unknown[("can0", 0x63F)] == 2
 
 
 def test_a_short_frame_decodes_what_fits_and_is_counted(small_dbc: Path) -> None:
