@@ -7,8 +7,8 @@ from pathlib import Path
 import can
 import pytest
 
-from agent.dbc import load_dbc
 from agent import decode
+from agent.dbc import load_dbc
 from agent.decode import ANY_CHANNEL, CHANNEL_CHECK_FRAMES, build_decoder, j1939_pgn
 from agent.errors import DbcError
 

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.harness.bench import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 REALDATA = ROOT.parent / "shared" / "realdata"
 REPLAY_LOGS = ROOT / "replay_logs"
@@ -235,12 +237,7 @@ def sampled_cpu(
         cpu1, wall1 = cpu_seconds(process.pid), time.monotonic()
         hwm = vm_hwm_kib(process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
     return 100.0 * (cpu1 - cpu0) / (wall1 - wall0), hwm
 
 
@@ -318,12 +315,7 @@ def rss_rows(
                 hwm = max(hwm, vm_hwm_kib(process.pid))
             time.sleep(0.5)
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
     hours = window_s * speed / 3600
     progress(f"RSS (package env, outage, {hours:.1f} h of drive at {speed:g}x): VmHWM {hwm / 1024:.1f} MiB")
     return [
