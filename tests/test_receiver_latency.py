@@ -232,5 +232,7 @@ def _buffered(path: Path) -> int:
         return 0
     try:
         return buffer.stats().chunks
+    except StorageError:  # the agent is still creating its tables
+        return 0
     finally:
         buffer.close()
