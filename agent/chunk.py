@@ -50,16 +50,16 @@ class Chunker:
         self.max_samples = max_samples
         self.next_seq = 0
         self._ticks: list[int] = []
-        self._rows: list[
-            list[RawValue | None]
-        ] = []  # per sample, a copy of the row (C-speed); columns at seal
+        self._width = len(schema.signals)
+        # Per sample a copy of its row (a C-speed copy, not a Python loop per value); columns at the seal.
+        self._rows: list[list[RawValue | None]] = []
         self.sealed: list[SealedChunk] = []  # sealed, not yet handed to the buffer
 
     def add(self, tick: int, values: list[RawValue | None]) -> None:
         if self._ticks and tick - self._ticks[0] >= self.max_samples:
             self.seal()  # a jump over a silence: the chunk's span stays below max_samples
-        if len(values) != len(self.schema.signals):
-            raise ValueError(f"a sample of {len(values)} values for {len(self.schema.signals)} signals")
+        if len(values) != self._width:
+            raise ValueError(f"a sample of {len(values)} values for {self._width} signals")
         self._ticks.append(tick)
         self._rows.append(values.copy())
         if len(self._ticks) >= self.max_samples:

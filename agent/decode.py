@@ -91,7 +91,8 @@ class Decoder:
         self.periods = tuple(periods)  # per column: its message's DBC cycle time in seconds, or None
         self._exact = exact
         self._by_pgn = by_pgn
-        self._resolved: dict[tuple[str, int, bool], _Target | None] = {}  # one lookup per frame
+        # One lookup per frame, by (channel, id): 11-bit ids at [False], 29-bit at [True].
+        self._resolved: tuple[dict[tuple[str, int], _Target | None], ...] = ({}, {})
         self.channels = frozenset(channel for channel, _ in [*exact, *by_pgn])  # configured, maybe "*"
         self.stats = DecodeStats()
         self._silent_reported = False
@@ -106,11 +107,11 @@ class Decoder:
         if len(frame.data) > MAX_LENGTH[bool(frame.is_fd)]:
             self._oversize(frame, key)
             return []
-        lookup = (key[0], key[1], frame.is_extended_id)
+        resolved = self._resolved[frame.is_extended_id]
         try:
-            target = self._resolved[lookup]
+            target = resolved[key]
         except KeyError:
-            target = self._resolve(lookup)
+            target = self._resolve(key, frame.is_extended_id)
         if target is None:
             self.stats.unknown[key] += 1
             return []
@@ -143,16 +144,17 @@ class Decoder:
         self.stats.decoded += 1
         return [(column, values[name]) for name, column in target.columns if name in values]
 
-    def _resolve(self, lookup: tuple[str, int, bool]) -> _Target | None:
-        """The message a (channel, id, extended) frame decodes as: by exact id, else (29-bit) by J1939
-        PGN; remembered, up to ``MAX_RESOLVED`` ids (a bus of garbage ids cannot grow it without end)."""
-        channel, frame_id, extended = lookup
+    def _resolve(self, key: tuple[str, int], extended: bool) -> _Target | None:
+        """The message a frame of (channel, id) decodes as: by exact id, else (29-bit) by J1939 PGN;
+        remembered, up to ``MAX_RESOLVED`` ids of each kind (garbage ids cannot grow it without end)."""
+        channel, frame_id = key
         target = self._exact.get((channel, frame_id)) or self._exact.get((ANY_CHANNEL, frame_id))
         if target is None and extended and self._by_pgn:
             pgn = j1939_pgn(frame_id)
             target = self._by_pgn.get((channel, pgn)) or self._by_pgn.get((ANY_CHANNEL, pgn))
-        if len(self._resolved) < MAX_RESOLVED:
-            self._resolved[lookup] = target
+        resolved = self._resolved[extended]
+        if len(resolved) < MAX_RESOLVED:
+            resolved[key] = target
         return target
 
     def _oversize(self, frame: can.Message, key: tuple[str, int]) -> None:

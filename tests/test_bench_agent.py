@@ -33,4 +33,4 @@ def test_proc_reads_are_this_process_s_own() -> None:
     before = ba.cpu_seconds(os.getpid())
     sum(range(3_000_000))  # some CPU
     assert ba.cpu_seconds(os.getpid()) >= before
-    assert ba.vm_hwm_kib(os.getpid()) > 10_000  # a Python with the project imported: more than 10 MB
+    assert ba.hwm_kib(os.getpid()) > 10_000  # a Python with the project imported: more than 10 MB

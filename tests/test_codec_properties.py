@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import struct
-from fractions import Fraction
 from itertools import accumulate, pairwise
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from agent.decode import build_decoder
 from agent.errors import ConfigError
 from agent.wire import predictors as predict
 from agent.wire.values import ChunkData, RawValue, Schema, SignalSpec
-from tests.harness.strategies import Signal, drives
+from tests.harness.strategies import Signal, chunks_of, drives
 
 ROOT = Path(__file__).resolve().parent.parent
 DBC = ROOT / "dbc" / "reference_ev.dbc"
@@ -53,12 +52,7 @@ def test_every_value_within_its_bound_in_any_batch_order(
     drive: tuple[list[int], list[Signal], list[int], list[int]], order: random.Random
 ) -> None:
     ticks, chosen, cuts, groups = drive
-    schema = Schema(Fraction(50), tuple(signal.spec for signal in chosen))
-    bounds = [0, *cuts, len(ticks)]
-    chunks = [
-        ChunkData(BOOT, seq, ticks[a:b], [signal.values[a:b] for signal in chosen])
-        for seq, (a, b) in enumerate(pairwise(bounds))
-    ]
+    schema, chunks = chunks_of(BOOT, ticks, chosen, cuts)
     blobs = [wire.encode_chunk(schema, chunk) for chunk in chunks]
     assert blobs == [wire.encode_chunk(schema, chunk) for chunk in chunks]  # deterministic bytes
     starts = [0, *accumulate(groups)]

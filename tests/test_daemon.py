@@ -203,3 +203,30 @@ def test_a_missing_interface_is_waited_for_with_the_watchdog_going_and_no_ready(
     assert (
         waiting[0]["level"] == "warning" and waiting[0]["reason"] == "network interface can9 does not exist"
     )
+
+
+def test_an_unchanged_status_is_not_rewritten_until_its_refresh_is_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent import daemon
+
+    config = AgentConfig(
+        vin="STATUS0000000001",
+        source=SourceConfig(kind="bus"),
+        buses=(BusConfig(channel="edge-status", dbc=(DBC,), interface="virtual"),),
+        sampling=SamplingConfig(signals=tuple(SIGNALS)),
+        buffer=BufferConfig(path=tmp_path / "buffer.sqlite"),
+        mqtt=MqttConfig(host="127.0.0.1", port=1),
+    )
+    agent = Agent(config)  # not started: nothing changes between two reports
+    try:
+        agent.publish_status(only_if_changed=True)
+        assert agent.status_file.exists()
+        agent.status_file.unlink()
+        agent.publish_status(only_if_changed=True)  # the same status, within STATUS_REFRESH_S: no write
+        assert not agent.status_file.exists()
+        monkeypatch.setattr(daemon, "STATUS_REFRESH_S", 0.0)  # the refresh is due: written again
+        agent.publish_status(only_if_changed=True)
+        assert agent.status_file.exists()
+    finally:
+        agent.buffer.close()

@@ -72,7 +72,7 @@ def test_lookups_are_remembered_up_to_a_bound_and_decode_the_same(
     first = decoder.decode(frame(257, bytes(range(8))))
     for frame_id in range(0x600, 0x640):  # a bus of garbage ids
         assert decoder.decode(frame(frame_id, b"\x00" * 8)) == []
-    assert len(decoder._resolved) == 8  # bounded, whatever the bus sends
+    assert len(decoder._resolved[False]) == 8  # bounded, whatever the bus sends
     assert decoder.decode(frame(257, bytes(range(8)))) == first != []  # the remembered lookup
     assert decoder.decode(frame(0x63F, b"\x00" * 8)) == []  # past the bound: looked up every time
     assert decoder.stats.unknown[("can0", 0x63F)] == 2

@@ -12,7 +12,15 @@ import pytest
 from agent.sim import simulate, write_log
 from tests.harness.broker import Broker
 from tests.harness.drive import DBC, agent_config
-from tests.harness.processes import cli, exported, receiver_yaml, running_receiver, start_replay, truth
+from tests.harness.processes import (
+    cli,
+    exported,
+    receiver_yaml,
+    replaying,
+    running_receiver,
+    start_replay,
+    truth,
+)
 from tests.harness.waiting import wait_for, wait_for_text
 
 pytestmark = pytest.mark.slow
@@ -81,8 +89,7 @@ def test_a_receiver_whose_store_lacks_the_schema_asks_for_it_and_nothing_is_lost
     config = agent_config(tmp_path, broker.port, "E2E0000000000009", drive, speed="2")  # 15 s
     log, report = tmp_path / "agent.log", tmp_path / "report.json"
     first, second = tmp_path / "first.sqlite", tmp_path / "second.sqlite"
-    agent = start_replay(drive, config, log, "--report", str(report))
-    try:
+    with replaying(drive, config, log, "--report", str(report)) as agent:
         with running_receiver(receiver_yaml(tmp_path / "first.yaml", broker.port, first), tmp_path / "1.log"):
             # Stored and acked: from here the agent names the schema by hash.
             wait_for(lambda: len(stored_ids(first)) >= 4, 30, log.read_text, agent)
@@ -92,9 +99,6 @@ def test_a_receiver_whose_store_lacks_the_schema_asks_for_it_and_nothing_is_lost
             receiver_yaml(tmp_path / "second.yaml", broker.port, second), tmp_path / "2.log"
         ):
             agent.wait(timeout=90)
-    finally:
-        if agent.poll() is None:
-            agent.kill()
     assert agent.returncode == 0, log.read_text()
     figures = json.loads(report.read_text())
     assert figures["complete"] and figures["chunks_acked"] == figures["chunks_committed"]

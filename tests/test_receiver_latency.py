@@ -29,7 +29,7 @@ from tests.harness.broker import Broker
 from tests.harness.drive import DBC, agent_config
 from tests.harness.peer import TIMEOUT, Peer
 from tests.harness.postgres import Targets
-from tests.harness.processes import cli, receiver_yaml, running_receiver, start_replay
+from tests.harness.processes import cli, receiver_yaml, replaying, running_receiver
 from tests.harness.waiting import wait_for
 
 
@@ -199,8 +199,7 @@ def test_a_late_receiver_sees_the_backlog_apart_from_live_chunks(broker: Broker,
     config = agent_config(tmp_path, broker.port, vin, drive, speed="2")
     store = tmp_path / "store.sqlite"
     log = tmp_path / "agent.log"
-    agent = start_replay(drive, config, log)
-    try:
+    with replaying(drive, config, log) as agent:
         buffer = tmp_path / f"{vin}.sqlite"
         # No receiver yet: the batches go nowhere, the buffer fills (a backlog builds).
         wait_for(lambda: buffer.exists() and _buffered(buffer) >= 40, 20, log.read_text, agent)
@@ -208,9 +207,6 @@ def test_a_late_receiver_sees_the_backlog_apart_from_live_chunks(broker: Broker,
             receiver_yaml(tmp_path / "receiver.yaml", broker.port, store), tmp_path / "r.log"
         ):
             agent.wait(timeout=60)
-    finally:
-        if agent.poll() is None:
-            agent.kill()
     assert agent.returncode == 0, log.read_text()
     with Store(store, readonly=True) as reader:
         chunks = reader.stats()[0].chunks

@@ -208,6 +208,25 @@ class RawPeer(Peer):
         )
         return by_hash, wire.decode_batch(data, schemas={wire.schema_hash(SCHEMA): SCHEMA}.get)
 
+    def ack_until_drained(
+        self, path: Path, seen: int, schema_stored: bytes = b""
+    ) -> tuple[list[bool], list[bytes]]:
+        """Ack batch number ``seen`` and each later one as it comes, until the buffer at ``path`` is
+        empty: whether each named its schema by hash, and the acks sent."""
+        named: list[bool] = []
+        acks: list[bytes] = []
+        while True:
+            by_hash, batch = self.next_batch(seen)
+            named.append(by_hash)
+            acks.append(
+                wire.encode_ack(VIN, [chunk.id for chunk in batch.chunks], schema_stored=schema_stored)
+            )
+            self.ack(acks[-1])
+            seen += 1
+            wait_for(lambda: len(self.payloads) > seen or not backlog(path))  # noqa: B023
+            if not backlog(path):
+                return named, acks
+
 
 def test_the_schema_goes_whole_until_a_receiver_stored_it_and_whole_again_when_one_asks(
     broker: Broker, filled: Path
@@ -230,15 +249,8 @@ def test_the_schema_goes_whole_until_a_receiver_stored_it_and_whole_again_when_o
         assert not by_hash and again.chunks[0].id == third.chunks[0].id  # the same chunks, schema whole
         assert uploader.counters.schemas_resent == 1
         assert [e["schema_hash"] for e in logs if e["event"] == "schema_resent"] == [digest.hex()]
-        seen, latest = 3, again
-        while True:  # a receiver that stores everything from here on
-            peer.ack(wire.encode_ack(VIN, [chunk.id for chunk in latest.chunks], schema_stored=digest))
-            wait_for(lambda: len(peer.payloads) > seen + 1 or not backlog(filled))  # noqa: B023
-            if not backlog(filled):
-                break
-            seen += 1
-            by_hash, latest = peer.next_batch(seen)
-            assert by_hash
+        named, _ = peer.ack_until_drained(filled, 3, schema_stored=digest)  # a receiver storing all
+        assert named[0] is False and all(named[1:])  # batch 3 carried the schema whole, the rest by hash
         assert uploader.counters.chunks_acked == 30
     finally:
         uploader.stop()
@@ -266,20 +278,13 @@ def test_link_bytes_count_every_batch_and_ack_with_their_mqtt_framing(broker: Br
     fill(path, BOOT, 6)
     peer = RawPeer(broker)
     uploader, _ = start_uploader(broker, path, max_inflight_batches=1, max_batch_bytes=1024)
-    acks: list[bytes] = []
     try:
-        seen = 0
-        while backlog(path):
-            _, batch = peer.next_batch(seen)
-            acks.append(wire.encode_ack(VIN, [chunk.id for chunk in batch.chunks]))
-            peer.ack(acks[-1])
-            seen += 1
-            wait_for(lambda: len(peer.payloads) > seen or not backlog(path))  # noqa: B023
+        _, acks = peer.ack_until_drained(path, 0)
         wait_for(lambda: uploader.counters.chunks_acked == 6)
         telemetry, ack_topic = f"fleet/{VIN}/telemetry", f"fleet/{VIN}/ack"
         expected = sum(mqtt.publish_bytes(telemetry, len(p)) + mqtt.PUBACK_BYTES for p in peer.payloads)
         expected += sum(mqtt.publish_bytes(ack_topic, len(a)) + mqtt.PUBACK_BYTES for a in acks)
-        assert seen >= 1 and uploader.counters.link_bytes == expected
+        assert acks and uploader.counters.link_bytes == expected
     finally:
         uploader.stop()
         peer.close()

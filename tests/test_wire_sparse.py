@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import struct
-from fractions import Fraction
-from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -14,9 +12,9 @@ from agent import wire
 from agent.errors import WireError
 from agent.wire import packed, sparse
 from agent.wire import telemetry_pb2 as pb
-from agent.wire.values import ChunkData, RawValue, Schema
+from agent.wire.values import ChunkData, RawValue
 from tests.harness.codec import BOOT, SPECS, drive, schema_of
-from tests.harness.strategies import Signal, drives
+from tests.harness.strategies import Signal, chunks_of, drives
 
 SINT64 = st.integers(-(2**63), 2**63 - 1)
 STREAMS = st.lists(st.lists(st.one_of(st.just(0), st.just(0), SINT64), max_size=60), max_size=6)
@@ -61,12 +59,7 @@ def test_a_sparse_batch_decodes_like_the_same_batch_without(
     drive: tuple[list[int], list[Signal], list[int], list[int]],
 ) -> None:
     ticks, chosen, cuts, _ = drive
-    schema = Schema(Fraction(50), tuple(signal.spec for signal in chosen))
-    bounds = [0, *cuts, len(ticks)]
-    stored = [
-        ChunkData(BOOT, seq, ticks[a:b], [signal.values[a:b] for signal in chosen])
-        for seq, (a, b) in enumerate(pairwise(bounds))
-    ]
+    schema, stored = chunks_of(BOOT, ticks, chosen, cuts)
     blobs = [wire.encode_chunk(schema, chunk) for chunk in stored]
     plain, thin = packed.pack(schema, blobs), packed.pack(schema, blobs, sparse=True)
     assert plain is not None and thin is not None

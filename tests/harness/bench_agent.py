@@ -32,7 +32,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.bench import stop_process
+from agent.status import status_path
+from tests.harness.bench import stop_process, timed_run
+from tests.harness.bench_buffer import proc_rss_kib
+from tests.harness.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 REALDATA = ROOT.parent / "shared" / "realdata"
@@ -167,11 +170,37 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def vm_hwm_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return int(line.split()[1])
-    return 0
+def hwm_kib(pid: int) -> int:
+    """VmHWM of a live process, 0 once it is gone (:func:`tests.harness.bench_buffer.proc_rss_kib`)."""
+    figures = proc_rss_kib(pid)
+    return 0 if figures is None else figures[1]
+
+
+def started(process: subprocess.Popen[bytes], buffer: Path, log: Path, timeout: float = 60.0) -> None:
+    """Return once the daemon writing ``buffer`` publishes its first status (imports, DBC and buffer
+    done: what comes after is its steady state); RuntimeError if it exits or takes past ``timeout``."""
+    what = f"{log}: no status within {timeout:.0f} s"
+    try:
+        wait_for(lambda: status_path(buffer).exists(), timeout, what, process)
+    except AssertionError as error:
+        raise RuntimeError(f"{error} (exit status {process.poll()})") from None
+
+
+def ran_for(process: subprocess.Popen[bytes], seconds: float, log: Path) -> None:
+    """Let the daemon run ``seconds`` (a measurement window); RuntimeError if it exits within them."""
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return
+    raise RuntimeError(f"the agent exited {process.returncode} while measured: {log}")
+
+
+def fresh(buffer: Path) -> Path:
+    """``buffer`` with no file of an earlier run: its database, WAL and status."""
+    for stale in buffer.parent.glob(buffer.name + "*"):
+        stale.unlink()
+    status_path(buffer).unlink(missing_ok=True)
+    return buffer
 
 
 def whole_agent_fps(
@@ -179,15 +208,13 @@ def whole_agent_fps(
 ) -> tuple[float, float]:
     """(CPU seconds incl. start-up, frames per CPU second) of ``edge-agent replay --speed max``, offline."""
     config = agent_config(out, log, dbc, channel)
-    for stale in out.glob("agent-buffer.sqlite*"):  # each run starts from an empty buffer
-        stale.unlink()
+    fresh(out / "agent-buffer.sqlite")  # each run starts from an empty buffer
     argv = agent_argv(python, "replay", log, "--config", config, "--speed", "max", "--drain-timeout", "0")
-    with open(out / "agent-replay.log", "wb") as err:
-        process = subprocess.Popen(argv, cwd=ROOT, stdout=err, stderr=subprocess.STDOUT)
-        _pid, _status, usage = os.wait4(process.pid, 0)
-    process.returncode = 0
-    cpu = usage.ru_utime + usage.ru_stime
-    return cpu, frames / cpu if cpu > 0 else 0.0
+    log_path = out / "agent-replay.log"
+    run = timed_run(argv, log_path, timeout=900)
+    if "samples committed" not in log_path.read_text():  # offline, it exits 1: everything still pending
+        raise RuntimeError(f"replay exited {run.returncode} before its summary: {log_path}")
+    return run.cpu_s, frames / run.cpu_s if run.cpu_s > 0 else 0.0
 
 
 def throughput_rows(
@@ -220,22 +247,17 @@ def throughput_rows(
     return rows
 
 
-def sampled_cpu(
-    argv: Sequence[str], out: Path, name: str, settle_s: float, window_s: float
-) -> tuple[float, int]:
-    """(% of one core over ``window_s`` after ``settle_s`` of start-up, VmHWM KiB) of a daemon run."""
-    with open(out / f"{name}.log", "wb") as err:
+def sampled_cpu(argv: Sequence[str], out: Path, name: str, window_s: float) -> tuple[float, int]:
+    """(% of one core over ``window_s`` once started, VmHWM KiB) of a daemon run named ``name``."""
+    log, buffer = out / f"{name}.log", fresh(out / f"{name}-buffer.sqlite")
+    with open(log, "wb") as err:
         process = subprocess.Popen(list(argv), cwd=ROOT, stdout=err, stderr=subprocess.STDOUT)
     try:
-        time.sleep(settle_s)  # start-up (imports, DBC, buffer) is not the steady state measured
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited {process.returncode} during start-up: {out / name}.log")
+        started(process, buffer, log)  # start-up (imports, DBC, buffer) is not the steady state measured
         cpu0, wall0 = cpu_seconds(process.pid), time.monotonic()
-        time.sleep(window_s)
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited {process.returncode} while measured: {out / name}.log")
+        ran_for(process, window_s, log)
         cpu1, wall1 = cpu_seconds(process.pid), time.monotonic()
-        hwm = vm_hwm_kib(process.pid)
+        hwm = hwm_kib(process.pid)
     finally:
         stop_process(process)
     return 100.0 * (cpu1 - cpu0) / (wall1 - wall0), hwm
@@ -251,11 +273,11 @@ def realtime_rows(
     argv_replay = agent_argv(
         python, "replay", log, "--config", config, "--speed", "1", "--drain-timeout", "0"
     )
-    pct, _ = sampled_cpu(argv_replay, out, "realtime", 3.0, window_s)
+    pct, _ = sampled_cpu(argv_replay, out, "realtime", window_s)
     progress(f"1x {log.name}: {pct:.2f} % of a core over {window_s:.0f} s")
     rows.append((f"CPU at 1x, {log.name.split('.')[0]}", pct, 3.0, "% core", "goal <= 3 %"))
     idle = agent_config(out, log, REFERENCE_DBC, "bench0", live=True, name="idle")
-    pct, _ = sampled_cpu(agent_argv(python, "run", "--config", idle), out, "idle", 3.0, 2 * window_s)
+    pct, _ = sampled_cpu(agent_argv(python, "run", "--config", idle), out, "idle", 2 * window_s)
     progress(f"idle (virtual bus, no traffic): {pct:.3f} % of a core over {2 * window_s:.0f} s")
     rows.append(("CPU idle, live bus without traffic", pct, 0.1, "% core", "goal <= 0.1 %"))
     return rows
@@ -303,17 +325,19 @@ def rss_rows(
         "0",
     ]
     env_cwd = out  # not the repository: the installed package, not the source tree, is imported
-    with open(out / "outage.log", "wb") as err:
+    log, buffer = out / "outage.log", fresh(out / "outage-buffer.sqlite")
+    with open(log, "wb") as err:
         process = subprocess.Popen(argv, cwd=env_cwd, stdout=err, stderr=subprocess.STDOUT)
     try:
-        time.sleep(2.0)
-        idle_hwm = vm_hwm_kib(process.pid) if process.poll() is None else 0
+        started(process, buffer, log)
+        idle_hwm = hwm = hwm_kib(process.pid)
         deadline = time.monotonic() + window_s
-        hwm = 0
-        while time.monotonic() < deadline and process.poll() is None:
-            with contextlib.suppress(OSError):
-                hwm = max(hwm, vm_hwm_kib(process.pid))
-            time.sleep(0.5)
+        while time.monotonic() < deadline:  # VmHWM twice a second, until the window ends or the drive does
+            try:
+                process.wait(0.5)
+                break
+            except subprocess.TimeoutExpired:
+                hwm = max(hwm, hwm_kib(process.pid))
     finally:
         stop_process(process)
     hours = window_s * speed / 3600

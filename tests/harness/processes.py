@@ -34,6 +34,18 @@ def start_replay(drive: Path, config: Path, log: Path, *args: str) -> subprocess
         return subprocess.Popen(command, cwd=ROOT, stderr=errors)
 
 
+@contextmanager
+def replaying(drive: Path, config: Path, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """:func:`start_replay`, killed (by its id) if it is still running when the block ends."""
+    agent = start_replay(drive, config, log, *args)
+    try:
+        yield agent
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+
+
 def receiver_yaml(path: Path, port: int, store: Path, extra: str = "") -> Path:
     """Write a receiver config at ``path``: the broker on loopback ``port``, the store, JSON logs."""
     path.write_text(

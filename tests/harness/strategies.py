@@ -4,12 +4,13 @@ out-of-range markers, chunk cuts and batch groupings (shared by the codec's prop
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import accumulate
+from fractions import Fraction
+from itertools import accumulate, pairwise
 
 from hypothesis import strategies as st
 
 from agent.wire import predictors as predict
-from agent.wire.values import RawValue, SignalSpec
+from agent.wire.values import ChunkData, RawValue, Schema, SignalSpec
 
 
 @dataclass
@@ -77,3 +78,16 @@ def drives(draw: st.DrawFn) -> tuple[list[int], list[Signal], list[int], list[in
     cuts = sorted(draw(st.sets(st.integers(1, count - 1), max_size=8))) if count > 1 else []
     groups = draw(st.lists(st.integers(1, 4), min_size=len(cuts) + 1, max_size=len(cuts) + 1))
     return ticks, chosen, cuts, groups
+
+
+def chunks_of(
+    boot: bytes, ticks: list[int], chosen: list[Signal], cuts: list[int]
+) -> tuple[Schema, list[ChunkData]]:
+    """The schema of ``chosen`` at 50 Hz and the drive cut at ``cuts`` into chunks (seq 0, 1, ...)."""
+    schema = Schema(Fraction(50), tuple(signal.spec for signal in chosen))
+    bounds = [0, *cuts, len(ticks)]
+    chunks = [
+        ChunkData(boot, seq, ticks[a:b], [signal.values[a:b] for signal in chosen])
+        for seq, (a, b) in enumerate(pairwise(bounds))
+    ]
+    return schema, chunks
