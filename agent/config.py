@@ -59,6 +59,7 @@ class BusConfig:
     """One CAN bus: the log's channel name or the interface channel, and the DBC files that decode it.
 
     ``j1939``: ``True``/``False`` forces J1939 PGN matching on or off; ``None`` means "auto" (detect).
+    ``receive_buffer_bytes``: a SocketCAN socket's receive buffer (:mod:`agent.bus`); 0: the kernel's.
     """
 
     channel: str
@@ -66,6 +67,7 @@ class BusConfig:
     interface: str = "socketcan"
     bitrate: int | None = None
     j1939: bool | None = None
+    receive_buffer_bytes: int = 4 * 1024 * 1024
 
 
 class BoundsPreset(NamedTuple):
@@ -242,6 +244,7 @@ AGENT_SCHEMA = Section(
                     "bitrate": Nullable(Integer(min=1)),
                     "dbc": ListOf(FilePath(must_exist=True), min_len=1, single=True),
                     "j1939": Alias(Boolean(), {"auto": None}),
+                    "receive_buffer_bytes": Integer(min=0),
                 },
             ),
             min_len=1,

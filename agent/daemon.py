@@ -19,7 +19,7 @@ Contract
 - The configuration sections are handed to the stages as they were read (no copies field by field).
 - Live buses: a bus whose interface exists and is up is opened here, at construction (a failure to
   open it is fatal: :class:`~agent.errors.SourceError`); one that is missing or down is waited for on
-  its reader thread (:func:`agent.source.wait_for_bus`). READY is sent once every bus is bound; the
+  its reader thread (:func:`agent.bus.wait_for_bus`). READY is sent once every bus is bound; the
   watchdog and the status go on meanwhile. A reader that fails later ends the run (``failed`` names
   ``source``).
 - :class:`RunResult` accounts for the run: what was dropped (by the cap, by ``refuse_new``), what was
@@ -40,9 +40,10 @@ from fractions import Fraction
 from types import FrameType
 from typing import Any
 
-from agent import __version__, source, wire
+from agent import __version__, bus, source, wire
 from agent.budget import MonthlyBudget
 from agent.buffer import Buffer, BufferStats
+from agent.bushealth import BusHealth
 from agent.chunk import new_boot_id
 from agent.config import AgentConfig
 from agent.decode import Decoder, decoder_for
@@ -119,6 +120,7 @@ class Agent:
         )  # quarantines a damaged file before anyone uses it
         self.start_stats = self.buffer.stats()  # what was dropped before this run is not this run's
         self.bound: list[threading.Event] = []  # one per live bus, set once it is bound
+        self.bus_health: list[BusHealth] = []  # one per live bus, written by its reader thread
         self.source_error: str | None = None  # a reader that failed: ends the run
         self.feed, self.readers = self._open_source()
         wake = threading.Event()
@@ -155,30 +157,38 @@ class Agent:
             ]
         feed = source.FrameFeed(producers=len(config.buses))
         readers = []
-        for bus in config.buses:
+        for live in config.buses:
             # A bus that is there is opened now (a failure is fatal); a missing or down one is waited for.
-            ready = source.bus_unavailable(bus.interface, bus.channel) is None
-            opened = source.open_bus(bus.interface, bus.channel, bus.bitrate) if ready else None
+            health = BusHealth(live.channel)
+            ready = bus.bus_unavailable(live.interface, live.channel) is None
+            opened = (
+                bus.open_bus(live.interface, live.channel, live.bitrate, live.receive_buffer_bytes, health)
+                if ready
+                else None
+            )
             bound = threading.Event()
             self.bound.append(bound)
+            self.bus_health.append(health)
             readers.append(
                 threading.Thread(
                     target=self._pump,
-                    args=(feed, self._live(bus, opened, bound)),
-                    name=f"bus-{bus.channel}",
+                    args=(feed, self._live(live, opened, bound, health)),
+                    name=f"bus-{live.channel}",
                     daemon=True,
                 )
             )
         return feed, readers
 
-    def _live(self, bus: Any, opened: Any, bound: threading.Event) -> Iterator[Any]:
+    def _live(self, live: Any, opened: Any, bound: threading.Event, health: BusHealth) -> Iterator[Any]:
         """A live bus's frames, once it is bound (waiting for it first if it was not there)."""
         if opened is None:
-            opened = source.wait_for_bus(bus.interface, bus.channel, bus.bitrate, self.stop_event)
+            opened = bus.wait_for_bus(
+                live.interface, live.channel, live.bitrate, self.stop_event, live.receive_buffer_bytes, health
+            )
             if opened is None:
                 return
         bound.set()
-        yield from source.bus_frames(opened, bus.channel, self.stop_event)
+        yield from bus.bus_frames(opened, live.channel, self.stop_event, health=health)
 
     def _pump(self, feed: source.FrameFeed, frames: Any) -> None:
         try:
@@ -233,6 +243,7 @@ class Agent:
             month_bytes=month.used_bytes,
             month_projected_bytes=month.projected_bytes,
             monthly_budget_bytes=month.monthly_bytes,
+            buses=tuple(health.report() for health in self.bus_health),
         )
 
     def publish_status(self, only_if_changed: bool = False) -> StatusReport:

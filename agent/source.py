@@ -1,4 +1,4 @@
-"""Acquisition stage: frames from a recorded log (replayed on its own clock) or from live buses.
+"""Acquisition stage: frames from a recorded log, replayed on its own clock (live buses: :mod:`agent.bus`).
 
 Contract
 - :func:`read_log` is an iterator used by one thread (the replay loop). It opens the log through
@@ -13,16 +13,9 @@ Contract
   see :mod:`agent.sample`). Pacing never waits out more than ``MAX_PACED_GAP_S`` of log time, and a
   jump back restarts it: a day's silence, or a second drive appended to a first, does not stall or rush
   the replay.
-- :func:`bus_unavailable` says why a live SocketCAN interface cannot be used yet (missing, down), and
-  :func:`wait_for_bus` waits for it on the calling (reader) thread: logged once per reason
-  (``bus_waiting``), retried with a backoff doubling from ``BUS_RETRY_FIRST_S`` up to
-  ``BUS_RETRY_MAX_S``, until it opens or ``stop`` is set. Any other failure to open is a
-  :class:`~agent.errors.SourceError` (an unknown interface type, a kernel without CAN): fatal.
-- :func:`bus_frames` re-stamps live frames on a :class:`agent.clock.LiveClock` (the process's shared
-  one by default), so that a wall-clock step never reorders or merges samples.
 - :class:`FrameFeed` is the bounded queue between a reader thread and the pipeline thread. ``put``
   blocks when the pipeline is behind (replay loses nothing; a live bus then backs up into the kernel's
-  socket buffer, where drops are counted by the kernel), ``get`` blocks until frames or the end arrive.
+  socket buffer, where the kernel counts what it drops: :mod:`agent.bushealth`), ``get`` blocks until frames or the end arrive.
 """
 
 from __future__ import annotations
@@ -38,7 +31,6 @@ from typing import Any
 
 import can
 
-from agent import clock
 from agent.errors import LogFormatError, SourceError
 from agent.service.logs import get_logger
 
@@ -53,12 +45,6 @@ TEXT_READERS: dict[str, Any] = {
 BINARY_READERS: dict[str, Any] = {".blf": can.BLFReader, ".mf4": can.MF4Reader}
 RESUMABLE = {".log"}  # readers that keep no state across lines
 MAX_LINE_CHARS = 4096  # a text line of a CAN log longer than this is no frame (CAN FD in .asc: < 400)
-BUS_RETRY_FIRST_S = 0.5  # the first wait for a missing or down interface; doubles up to the next
-BUS_RETRY_MAX_S = 30.0
-IFF_UP = 0x1  # <linux/if.h>
-SYS_NET = Path("/sys/class/net")
-FRAME_GAP_S = 0.05  # a live bus quiet this long after a frame: hand over what is pending
-QUIET_WAIT_S = 1.0  # then wait this long at a time until the next frame (and see a stop within it)
 PACE_STEP_S = 0.02  # a paced replay releases frames this much ahead of time, in steps
 MAX_PACED_GAP_S = 10.0  # pacing waits out at most this much log time between two frames
 
@@ -252,81 +238,3 @@ class FrameFeed:
             self._open -= 1
             return None if self._open <= 0 else []
         return item
-
-
-def open_bus(interface: str, channel: str, bitrate: int | None) -> can.BusABC:
-    """Open a live bus through python-can; failures name the interface and channel."""
-    kwargs: dict[str, Any] = {"bitrate": bitrate} if bitrate else {}
-    try:
-        return can.Bus(interface=interface, channel=channel, **kwargs)
-    except (can.CanError, OSError, ValueError, ImportError) as error:
-        raise SourceError(f"cannot open CAN bus {interface}:{channel}: {error}") from error
-
-
-def bus_unavailable(interface: str, channel: str) -> str | None:
-    """Why the SocketCAN interface ``channel`` cannot be bound yet (missing, down), or ``None``."""
-    if interface != "socketcan":
-        return None
-    try:
-        flags = int((SYS_NET / channel / "flags").read_text().strip(), 0)
-    except FileNotFoundError:
-        return f"network interface {channel} does not exist"
-    except (OSError, ValueError):
-        return None  # no sysfs to ask: let the open say what is wrong
-    if not flags & IFF_UP:
-        return f"network interface {channel} is down"
-    return None
-
-
-def wait_for_bus(
-    interface: str, channel: str, bitrate: int | None, stop: threading.Event
-) -> can.BusABC | None:
-    """Open the bus once it can be bound, waiting for a missing or down interface (see the module's
-    contract); ``None`` if ``stop`` was set first. Blocks the calling (reader) thread."""
-    delay, reported = BUS_RETRY_FIRST_S, None
-    while True:
-        reason = bus_unavailable(interface, channel)
-        if reason is None:
-            bus = open_bus(interface, channel, bitrate)
-            if reported is not None:
-                log.info("bus_bound", interface=interface, channel=channel)
-            return bus
-        if reason != reported:
-            log.warning(
-                "bus_waiting",
-                interface=interface,
-                channel=channel,
-                reason=reason,
-                action=f"retrying every {BUS_RETRY_FIRST_S:g} s to {BUS_RETRY_MAX_S:g} s until it is up",
-            )
-            reported = reason
-        if stop.wait(delay):
-            return None
-        delay = min(BUS_RETRY_MAX_S, delay * 2)
-
-
-def bus_frames(
-    bus: can.BusABC, channel: str, stop: threading.Event, live_clock: clock.LiveClock | None = None
-) -> Iterator[can.Message | None]:
-    """Frames from a live bus, named ``channel`` and stamped on ``live_clock`` (default: the process's
-    shared one); ``None`` after a quiet 50 ms that follows a frame (what is pending goes at once), then
-    waits up to ``QUIET_WAIT_S`` at a time while the bus stays quiet (an idle bus costs no polling). Runs
-    on a reader thread; ``stop`` is seen within ``QUIET_WAIT_S``."""
-    stamp = (live_clock or clock.SHARED).stamp
-    timeout = FRAME_GAP_S
-    while not stop.is_set():
-        try:
-            frame = bus.recv(timeout=timeout)
-        except can.CanError as error:
-            log.error("bus_receive_failed", channel=channel, reason=str(error))
-            stop.wait(1.0)
-            continue
-        if frame is None or frame.is_error_frame or frame.is_remote_frame:
-            if frame is None and timeout == FRAME_GAP_S:
-                yield None
-            timeout = QUIET_WAIT_S if frame is None else timeout
-            continue
-        timeout = FRAME_GAP_S
-        frame.channel = channel
-        frame.timestamp = stamp(frame.timestamp)
-        yield frame

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from agent.bushealth import BusReport
 from agent.wire import telemetry_pb2 as pb
 
 STALE_AFTER_S = 10.0  # a status file older than this is from a daemon that is gone
@@ -111,6 +112,7 @@ class StatusReport:
     month_bytes: int = 0  # link bytes this UTC month (agent.budget)
     month_projected_bytes: int = 0  # the month at this month's rate so far
     monthly_budget_bytes: int = 0  # upload.monthly_bytes; 0 = none
+    buses: tuple[BusReport, ...] = ()  # each live bus's health (agent.bushealth); none for a replay
 
     @classmethod
     def from_stats(
@@ -146,13 +148,18 @@ class StatusReport:
 
     def as_json(self) -> dict[str, Any]:
         """The report as a JSON object (``latest``: a list of objects with name, value and at)."""
-        return {**asdict(self), "latest": [entry._asdict() for entry in self.latest]}
+        return {
+            **asdict(self),
+            "latest": [entry._asdict() for entry in self.latest],
+            "buses": [bus._asdict() for bus in self.buses],
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StatusReport:
         """The report :meth:`as_json` wrote; a missing field (an older file) takes its default."""
         latest = tuple(Latest(**entry) for entry in data.get("latest", ()))
-        return cls(**{**data, "latest": latest})
+        buses = tuple(BusReport(**entry) for entry in data.get("buses", ()))
+        return cls(**{**data, "latest": latest, "buses": buses})
 
     def line(self) -> str:
         """One line, as `systemctl status` shows it."""
@@ -173,9 +180,10 @@ class StatusReport:
                 f", OVER BUDGET: month projected {self.month_projected_bytes / 1e6:.1f} MB of "
                 f"{self.monthly_budget_bytes / 1e6:.1f} MB"
             )
+        sick = "".join(f", {bus.summary()}" for bus in self.buses if bus.troubled)
         return (
             f"{state}: backlog {self.backlog_chunks} chunks / {self.backlog_samples} samples{eta}, "
-            f"last ack {ack}{drops}{budget}"
+            f"last ack {ack}{drops}{budget}{sick}"
         )
 
     def to_proto(self, version: str) -> pb.Status:
@@ -196,6 +204,7 @@ class StatusReport:
             month_bytes=self.month_bytes,
             month_projected_bytes=self.month_projected_bytes,
             monthly_budget_bytes=self.monthly_budget_bytes,
+            buses=[pb.BusHealth(**bus._asdict()) for bus in self.buses],
         )
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,26 @@ def test_a_buffer_that_is_no_database_is_one_line_not_a_traceback(tmp_path: Path
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(path) in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.glob("*.corrupt-*")), "status quarantined (a writer's job)"
+
+
+def test_a_running_daemons_buses_are_shown_with_what_they_lost(tmp_path: Path) -> None:
+    from agent.buffer import BufferStats
+    from agent.bushealth import BusReport
+    from agent.status import StatusReport, status_path, write_status_file
+
+    buffer = tmp_path / "buffer.sqlite"
+    fill(buffer, b"\x01" * 16, 1)
+    sick = BusReport(
+        "vcan0", "bus-off", kernel_dropped=12, bus_errors=3, bus_off=1, receive_buffer_bytes=8_388_608
+    )
+    stats = BufferStats(
+        chunks=1, samples=1, payload_bytes=1, oldest_created=None, last_ack_at=None, dropped_chunks=0
+    )
+    report = replace(StatusReport.from_stats("STATUS0001", "ONLINE", stats, pid=os.getpid()), buses=(sick,))
+    write_status_file(status_path(buffer), report)
+    shown = status(config_for(tmp_path, buffer))
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "bus vcan0:      bus-off; 12 frames dropped by the kernel, 0 by the controller; 3 bus errors, "
+        "bus-off 1 times, receive buffer 8,388,608 B"
+    ) in shown.stdout

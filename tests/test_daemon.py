@@ -230,3 +230,34 @@ def test_an_unchanged_status_is_not_rewritten_until_its_refresh_is_due(
         assert agent.status_file.exists()
     finally:
         agent.buffer.close()
+
+
+def test_a_live_buses_errors_reach_the_status(tmp_path: Path) -> None:
+    from agent import bushealth
+    from agent.status import StatusReport
+
+    config = AgentConfig(
+        vin="BUSOFF0000000001",
+        source=SourceConfig(kind="bus"),
+        buses=(BusConfig(channel="edge-sick", dbc=(DBC,), interface="virtual"),),
+        sampling=SamplingConfig(signals=tuple(SIGNALS)),
+        buffer=BufferConfig(path=tmp_path / "buffer.sqlite"),
+        mqtt=MqttConfig(host="127.0.0.1", port=1),
+    )
+    agent = Agent(config)
+    agent.start()
+    sender = can.Bus(interface="virtual", channel="edge-sick")
+    try:
+        for error_class in (bushealth.ERR_PROT, bushealth.ERR_BUSOFF):
+            sender.send(can.Message(arbitration_id=error_class, is_error_frame=True, data=bytes(8)))
+        wait_for(lambda: agent.report().buses[0].bus_off == 1, timeout=10)
+        report = agent.report()
+        assert report.buses[0].bus_errors == 1 and report.buses[0].state == "bus-off"
+        assert "edge-sick: BUS-OFF, 1 bus errors, bus-off 1x" in report.line()
+        assert StatusReport.from_json(json.loads(json.dumps(report.as_json()))).buses == report.buses
+        sent = report.to_proto("test").buses[0]
+        assert (sent.channel, sent.state, sent.bus_off, sent.bus_errors) == ("edge-sick", "bus-off", 1, 1)
+    finally:
+        sender.shutdown()
+        agent.stop_event.set()
+        agent.run()

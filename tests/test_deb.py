@@ -184,6 +184,7 @@ def test_package_layout(debs: Debs) -> None:
         CITY,
         "/usr/lib/systemd/system/edge-agent.service",
         "/usr/lib/sysusers.d/edge-agent.conf",
+        "/usr/lib/sysctl.d/60-edge-agent.conf",
         "/usr/share/doc/edge-agent/copyright",
         "/usr/share/doc/edge-agent/changelog.Debian.gz",
         "/opt/edge-agent/venv/pyvenv.cfg",

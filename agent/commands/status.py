@@ -84,6 +84,13 @@ def run(args: argparse.Namespace) -> int:
             f"link this month: {report.month_bytes:,} B, projected {report.month_projected_bytes:,} B"
             f"{budget}{over}"
         )
+    for bus in report.buses:  # live buses: what was lost before the agent read it, and the bus's errors
+        buffer = f", receive buffer {bus.receive_buffer_bytes:,} B" if bus.receive_buffer_bytes else ""
+        print(
+            f"{f'bus {bus.channel}:':<15} {bus.state}; "
+            f"{bus.kernel_dropped} frames dropped by the kernel, {bus.controller_overflows} by the "
+            f"controller; {bus.bus_errors} bus errors, bus-off {bus.bus_off} times{buffer}"
+        )
     for entry in report.latest:  # status.signals: the present, while the backlog drains
         print(f"latest:         {entry.name} = {entry.value} at {entry.at:.6f} s")
     print(f"buffer:         {config.buffer.path}")

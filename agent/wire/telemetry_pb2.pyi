@@ -324,6 +324,7 @@ class Status(_message.Message):
         "backlog_bytes",
         "backlog_chunks",
         "backlog_samples",
+        "buses",
         "drain_eta_known",
         "drain_eta_s",
         "dropped_chunks",
@@ -353,6 +354,7 @@ class Status(_message.Message):
     MONTH_BYTES_FIELD_NUMBER: _ClassVar[int]
     MONTH_PROJECTED_BYTES_FIELD_NUMBER: _ClassVar[int]
     MONTHLY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BUSES_FIELD_NUMBER: _ClassVar[int]
     vin: str
     state: str
     backlog_chunks: int
@@ -369,6 +371,7 @@ class Status(_message.Message):
     month_bytes: int
     month_projected_bytes: int
     monthly_budget_bytes: int
+    buses: _containers.RepeatedCompositeFieldContainer[BusHealth]
     def __init__(
         self,
         vin: str | None = ...,
@@ -387,6 +390,46 @@ class Status(_message.Message):
         month_bytes: int | None = ...,
         month_projected_bytes: int | None = ...,
         monthly_budget_bytes: int | None = ...,
+        buses: _Iterable[BusHealth | _Mapping] | None = ...,
+    ) -> None: ...
+
+class BusHealth(_message.Message):
+    __slots__ = (
+        "bus_errors",
+        "bus_off",
+        "channel",
+        "controller_overflows",
+        "error_frames",
+        "kernel_dropped",
+        "receive_buffer_bytes",
+        "state",
+    )
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_OVERFLOWS_FIELD_NUMBER: _ClassVar[int]
+    BUS_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    BUS_OFF_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    RECEIVE_BUFFER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    channel: str
+    state: str
+    kernel_dropped: int
+    controller_overflows: int
+    bus_errors: int
+    bus_off: int
+    error_frames: int
+    receive_buffer_bytes: int
+    def __init__(
+        self,
+        channel: str | None = ...,
+        state: str | None = ...,
+        kernel_dropped: int | None = ...,
+        controller_overflows: int | None = ...,
+        bus_errors: int | None = ...,
+        bus_off: int | None = ...,
+        error_frames: int | None = ...,
+        receive_buffer_bytes: int | None = ...,
     ) -> None: ...
 
 class LatestValue(_message.Message):

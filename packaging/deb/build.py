@@ -539,6 +539,7 @@ def main() -> None:
     for unit in units:
         write(stage / "usr/lib/systemd/system" / unit.name, unit.read_bytes())
     write(stage / "usr/lib/sysusers.d/edge-agent.conf", (DEBIAN / "sysusers.conf").read_bytes())
+    write(stage / "usr/lib/sysctl.d/60-edge-agent.conf", (DEBIAN / "sysctl.conf").read_bytes())
     (stage / "usr/bin").mkdir(parents=True)
     for program in ("edge-agent", "edge-receiver"):
         if not (venv / "bin" / program).exists():
