@@ -44,7 +44,7 @@ BUS_RETRY_MAX_S = 30.0
 IFF_UP = 0x1  # <linux/if.h>
 SYS_NET = Path("/sys/class/net")
 FRAME_GAP_S = 0.05  # a live bus quiet this long after a frame: hand over what is pending
-QUIET_WAIT_S = 1.0  # then wait this long at a time until the next frame (and see a stop within it)
+QUIET_WAIT_S = 5.0  # then wait this long at a time until the next frame (and see a stop within it)
 SO_RXQ_OVFL = 40  # <asm-generic/socket.h>: a cmsg with the socket's drop count on every frame
 SO_RCVBUFFORCE = 33  # beyond net.core.rmem_max, with CAP_NET_ADMIN
 DROPS = struct.Struct("=I")

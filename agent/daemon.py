@@ -6,7 +6,9 @@ The supervisor is the caller's thread (the main thread under systemd): it opens 
 quarantines) the buffer before any stage starts, handles SIGTERM/SIGINT, publishes the status once a
 second while it changes (every ``STATUS_REFRESH_S`` when it does not), counts the month's link bytes
 (:mod:`agent.budget`), and decides when a replay is complete (source ended, last commit done, buffer
-empty). A running daemon's supervisor wakes once a second; a replay's every 0.1 s.
+empty). A running daemon's supervisor wakes once a second while the status changes, every
+``IDLE_SUPERVISE_WAIT_S`` while it does not, and at once when a stage or a reader fails; a replay's every
+0.1 s.
 
 Contract
 - The pipeline and the uploader are :class:`agent.stage.Stage` objects, each on its own thread. The
@@ -58,7 +60,8 @@ from agent.wire.values import Schema
 
 STATUS_EVERY_S = 1.0
 STATUS_REFRESH_S = 5.0  # an unchanged status is sent again this often (a reader's STALE_AFTER_S is 10)
-SUPERVISE_WAIT_S = 1.0  # a running daemon's supervisor loop: idle, it is the only thing that wakes
+SUPERVISE_WAIT_S = 1.0  # a running daemon's supervisor loop while its status changes
+IDLE_SUPERVISE_WAIT_S = STATUS_REFRESH_S  # ... and while it does not (a failing stage wakes it at once)
 
 
 def build_schema(config: AgentConfig) -> tuple[Decoder, Schema]:
@@ -111,7 +114,7 @@ class Agent:
         self.decoder, self.schema = build_schema(config)
         self.boot_id = new_boot_id()
         self.stop_event = threading.Event()
-        self._last_status: StatusReport | None = None  # what the last published status said (no time)
+        self._last_changes: tuple[Any, ...] = ()  # what the last published status followed (_changes)
         self._status_at = 0.0
         self.supervisor = Supervisor()  # sd_notify: READY, STATUS, WATCHDOG, STOPPING; no-ops outside systemd
         self.log_stats = source.LogStats()
@@ -139,6 +142,9 @@ class Agent:
             status_signals=config.status.signals,
         )
         self.uploader = Uploader(config.vin, config.upload, config.mqtt, buffer.path, wake)
+        for stage in (self.pipeline, self.uploader):
+            stage.alarm = self.stop_event  # a stage that fails ends the supervisor's wait at once
+        self._changed = True  # the last status check found a change: look again in a second
         self.status_file = status_path(buffer.path)
         self.budget = MonthlyBudget(
             buffer.path.with_name(buffer.path.name + ".month.json"), config.upload.monthly_bytes
@@ -196,9 +202,11 @@ class Agent:
         except SourceError as error:  # a dead reader must be reported, not a silent thread death
             self.source_error = str(error)
             self.log.error("source_failed", reason=str(error))
+            self.stop_event.set()
         except Exception as error:
             self.source_error = f"{type(error).__name__}: {error}"
             self.log.error("source_failed", reason=self.source_error, exc_info=error)
+            self.stop_event.set()
 
     def start(self) -> None:
         self.log.info(
@@ -246,15 +254,24 @@ class Agent:
             buses=tuple(health.report() for health in self.bus_health),
         )
 
-    def publish_status(self, only_if_changed: bool = False) -> StatusReport:
-        """The status to systemd, the status file and the broker; ``only_if_changed``: skip it when it
-        says what the last one said and that one is younger than ``STATUS_REFRESH_S`` (an idle daemon
-        writes no file and sends no bytes every second)."""
+    def _changes(self) -> tuple[Any, ...]:
+        """What the status follows, cheap to read every second (the report itself asks the buffer): the
+        uploader's state and counters, the samples committed, the buses' health."""
+        upload = self.uploader.status()
+        health = tuple(bus.report() for bus in self.bus_health)
+        return (upload.state, upload.counters, self.pipeline.samples_committed, health)
+
+    def publish_status(self, only_if_changed: bool = False) -> StatusReport | None:
+        """The status to systemd, the status file and the broker; ``only_if_changed``: not when nothing it
+        follows changed and the last one is younger than ``STATUS_REFRESH_S`` (``None`` then: an idle
+        daemon builds no report, writes no file and sends no bytes every second)."""
+        changes = self._changes()
+        self._changed = changes != self._last_changes
+        fresh = time.monotonic() - self._status_at < STATUS_REFRESH_S
+        if only_if_changed and fresh and changes == self._last_changes:
+            return None
         report = self.report()
-        unchanged = replace(report, updated_at=0.0) == self._last_status
-        if only_if_changed and unchanged and time.monotonic() - self._status_at < STATUS_REFRESH_S:
-            return report
-        self._last_status, self._status_at = replace(report, updated_at=0.0), time.monotonic()
+        self._last_changes, self._status_at = changes, time.monotonic()
         self.supervisor.status(report.line())
         try:
             write_status_file(self.status_file, report)
@@ -323,10 +340,12 @@ class Agent:
 
     def _loop_wait_s(self) -> float:
         """How long a running daemon's supervisor sleeps between looks (a replay's looks every 0.1 s, to
-        see its end at once): a second (a failed stage or a stall is seen within it), or as often as its
+        see its end at once): a second while the status changes, ``IDLE_SUPERVISE_WAIT_S`` while it does
+        not (a failed stage or reader sets ``stop_event`` and ends the wait at once), or as often as its
         watchdog needs."""
+        wait = SUPERVISE_WAIT_S if self._changed else IDLE_SUPERVISE_WAIT_S
         interval = self.supervisor.watchdog.interval_s
-        return min(SUPERVISE_WAIT_S, interval / 2) if interval else SUPERVISE_WAIT_S
+        return min(wait, interval / 2) if interval else wait
 
     def failed_stages(self) -> tuple[str, ...]:
         """The stages whose thread ended on an unexpected error (``source``: a reader that failed)."""
@@ -348,7 +367,8 @@ class Agent:
         self.supervisor.stopping(f"stopping: {reason}")
         self.stop_event.set()
         for reader in self.readers:
-            reader.join(1.0)
+            reader.join(0.5)
+        self.feed.close()  # a live reader may sit in its bus's receive for QUIET_WAIT_S yet: don't wait
         if not self.pipeline.join(2.0):
             self.pipeline.request_stop()
             self.pipeline.join(1.0)

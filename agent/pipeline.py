@@ -10,10 +10,10 @@ Contract
   cap, the headroom, a full disk, and the chunks that wait after a failed commit (retried first at the
   next one). Nothing is dropped in memory: while the writer is :attr:`~agent.buffer.BufferWriter.full`
   the pipeline takes no frames (back-pressure: the bounded feed then blocks the reader) and only retries
-  the commit, once per ``IDLE_WAIT_S``; ``backpressure_s`` counts the time spent so.
+  the commit, once per ``HOLD_RETRY_S``; ``backpressure_s`` counts the time spent so.
 - Runs on its own thread as a :class:`agent.stage.Stage` ("pipeline"): it owns its buffer connection
-  (opened and closed on that thread), beats its heartbeat on every turn (declared period
-  ``IDLE_WAIT_S``: the longest wait for frames) and an unexpected error is logged as ``stage_failed``
+  (opened and closed on that thread), beats its heartbeat on every turn (declared period ``PERIOD_S``;
+  ``IDLE_WAIT_S`` before a wait with nothing to commit: an idle bus wakes it no more often) and an unexpected error is logged as ``stage_failed``
   and stops the agent. ``finished`` is set once the source has ended and the last commit succeeded; a
   stop request commits what was sampled and leaves ``finished`` unset. The counters are written by the
   pipeline's thread only: read them after :meth:`~agent.stage.Stage.join`.
@@ -38,7 +38,9 @@ from agent.source import FrameFeed
 from agent.stage import Stage
 from agent.wire.values import Schema
 
-IDLE_WAIT_S = 1.0  # the longest wait for frames: the pipeline's heartbeat period
+PERIOD_S = 1.0  # the longest wait for frames while it has something to commit: its heartbeat's period
+IDLE_WAIT_S = 5.0  # ... and while it has nothing (the heartbeat allows that much then)
+HOLD_RETRY_S = 1.0  # a commit that the buffer refused is retried this often (back-pressure)
 
 
 class Pipeline(Stage):
@@ -55,7 +57,7 @@ class Pipeline(Stage):
         max_hold_s: float | None = None,
         status_signals: Sequence[str] = (),
     ) -> None:
-        super().__init__("pipeline", IDLE_WAIT_S, get_logger("agent.pipeline", vin=vin))
+        super().__init__("pipeline", PERIOD_S, get_logger("agent.pipeline", vin=vin))
         self.decoder = decoder
         self.schema = schema
         self.feed = feed
@@ -92,7 +94,7 @@ class Pipeline(Stage):
 
     def run_once(self) -> bool:
         """Decode and sample what the feed has (waiting at most until the next commit is due, and never
-        longer than ``IDLE_WAIT_S``), then commit if it is due; False once the source has ended."""
+        longer than ``PERIOD_S``; ``IDLE_WAIT_S`` with nothing to commit), then commit if it is due; False once the source has ended."""
         assert self._buffer is not None
         if self.writer.full:
             return self._hold_back(self._buffer)
@@ -102,7 +104,9 @@ class Pipeline(Stage):
             self._held_since = None
         decode, feed_sampler = self.decoder.decode, self.sampler.feed
         idle = not self._fed and not self.writer.pending  # nothing to commit: no need to wake for it
-        due_in = IDLE_WAIT_S if idle else min(self._next_commit - time.monotonic(), IDLE_WAIT_S)
+        due_in = IDLE_WAIT_S if idle else min(self._next_commit - time.monotonic(), PERIOD_S)
+        if idle:
+            self.heartbeat.beat(IDLE_WAIT_S)
         frames = self.feed.get(timeout=max(0.0, due_in))
         if frames is None:
             return False
@@ -128,7 +132,7 @@ class Pipeline(Stage):
                 pending_chunks=len(self.writer.pending),
                 action="taking no frames until the buffer commits",
             )
-        self.stop_event.wait(IDLE_WAIT_S)
+        self.stop_event.wait(HOLD_RETRY_S)
         self.commit(buffer, self._schema_id)
         self._next_commit = time.monotonic() + self.commit_interval_s
         return True

@@ -20,6 +20,7 @@ Contract
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import queue
 import threading
@@ -197,6 +198,7 @@ class FrameFeed:
     def __init__(self, producers: int = 1, max_lists: int = 64, list_size: int = 256) -> None:
         self._queue: queue.Queue[list[can.Message] | None] = queue.Queue(max_lists)
         self._open = producers
+        self._closed = False
         self.list_size = list_size
 
     def pump(self, frames: Iterable[can.Message | None], stop: threading.Event) -> None:
@@ -229,12 +231,20 @@ class FrameFeed:
                 continue
 
     def get(self, timeout: float) -> list[can.Message] | None:
-        """Frames, ``[]`` when none arrived within ``timeout``, or ``None`` once every producer ended."""
+        """Frames, ``[]`` when none arrived within ``timeout``, or ``None`` once every producer ended (or
+        the feed was closed and what was queued is taken)."""
         try:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:
-            return []
+            return None if self._closed else []
         if item is None:
             self._open -= 1
-            return None if self._open <= 0 else []
+            return None if self._open <= 0 or (self._closed and self._queue.empty()) else []
         return item
+
+    def close(self) -> None:
+        """End the feed now, whatever its producers do (a reader still blocked in its bus's receive, at
+        shutdown): the consumer takes what is queued, then the end. Any thread."""
+        self._closed = True
+        with contextlib.suppress(queue.Full):  # a full queue: the consumer is busy and sees the close
+            self._queue.put_nowait(None)

@@ -43,6 +43,7 @@ class Stage(abc.ABC):
         self.heartbeat = Heartbeat(period_s)
         self.stop_event = threading.Event()  # set by the owner: finish the current turn, then stop
         self.failed = threading.Event()  # set by the stage's thread when a hook raised
+        self.alarm: threading.Event | None = None  # set too on a failure: the owner's wake-up (the daemon's)
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
 
     # --- the owner's side ----------------------------------------------------------------------------
@@ -103,3 +104,5 @@ class Stage(abc.ABC):
                 exc_info=error,
             )
             self.failed.set()
+            if self.alarm is not None:
+                self.alarm.set()

@@ -4,7 +4,7 @@ Contract
 - Runs on its own thread as a :class:`agent.stage.Stage` ("uploader") with its own buffer connection;
   paho's network thread only posts events (connected, disconnected, ack) into a queue, so every decision
   happens on one thread. Each turn waits at most ``IDLE_WAIT_S`` for work (the heartbeat's declared
-  period); an unexpected error is logged as ``stage_failed`` and stops the agent.
+  period), offline ``OFFLINE_WAIT_S`` (only paho's events bring work then); an unexpected error is logged as ``stage_failed`` and stops the agent.
 - Takes its configuration as it was read: :class:`agent.config.UploadConfig` and the ``mqtt`` section.
 - Publishes whole chunks, oldest first, as batches at QoS 1 on ``{prefix}/{vin}/telemetry``, keeping at
   most ``max_inflight_batches`` unacked, so the broker's per-subscriber queue never overflows. During a
@@ -67,7 +67,8 @@ from agent.wire import auth
 from agent.wire.values import ChunkId
 
 DRAIN_THRESHOLD_CHUNKS = 5  # more unsent chunks than this after a batch means we are draining
-IDLE_WAIT_S = 2.0  # the longest wait for work (a commit, a broker event): the heartbeat's period
+IDLE_WAIT_S = 2.0  # the longest wait for work (a commit, a broker event) while connected
+OFFLINE_WAIT_S = 5.0  # offline, only a broker event brings work (the heartbeat allows that much then)
 UNACKED_AFTER_TIMEOUTS = 3  # in flight with no ack for this many ack timeouts: NOT_ACKED
 
 __all__ = ["IDLE_WAIT_S", "State", "UploadCounters", "UploadStatus", "Uploader"]
@@ -203,9 +204,14 @@ class Uploader(Stage):
         self._buffer = Buffer(self.buffer_path)
 
     def run_once(self) -> bool:
-        """Wait for work (at most ``IDLE_WAIT_S``), apply broker events, then fill the window."""
+        """Wait for work (at most ``IDLE_WAIT_S``, offline ``OFFLINE_WAIT_S``), apply broker events, then
+        fill the window."""
         assert self._buffer is not None
-        self.wake.wait(IDLE_WAIT_S)
+        if self.state is State.OFFLINE:
+            self.heartbeat.beat(OFFLINE_WAIT_S)
+            self.wake.wait(OFFLINE_WAIT_S)
+        else:
+            self.wake.wait(IDLE_WAIT_S)
         self.wake.clear()
         self._drain_events(self._buffer)
         if self.state is not State.OFFLINE:

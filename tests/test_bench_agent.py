@@ -30,7 +30,8 @@ def test_the_repeated_log_has_the_frames_asked_for_in_time_order(drive: ba.Drive
 
 
 def test_proc_reads_are_this_process_s_own() -> None:
-    before = ba.cpu_seconds(os.getpid())
-    sum(range(3_000_000))  # some CPU
+    before, ran_before = ba.cpu_seconds(os.getpid()), ba.run_ns(os.getpid())
+    sum(range(3_000_000))  # some CPU: tens of milliseconds
     assert ba.cpu_seconds(os.getpid()) >= before
+    assert ba.run_ns(os.getpid()) - ran_before > 1_000_000  # > 1 ms, to the nanosecond
     assert ba.hwm_kib(os.getpid()) > 10_000  # a Python with the project imported: more than 10 MB

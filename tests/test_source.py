@@ -161,3 +161,18 @@ def test_live_feed_hands_over_on_quiet_periods() -> None:
     thread.start()
     assert feed.get(1.0) == [first]
     thread.join()
+
+
+def test_a_closed_feed_ends_after_what_was_queued_though_a_producer_still_runs() -> None:
+    feed = FrameFeed(producers=2, list_size=2)
+    stop = threading.Event()
+    first = frames(4)
+    thread = threading.Thread(target=feed.pump, args=(iter(first), stop))  # one producer ends
+    thread.start()
+    thread.join()
+    feed.close()  # the other never does (a reader blocked in its bus's receive)
+    got: list[can.Message] = []
+    while (item := feed.get(1.0)) is not None:
+        got.extend(item)
+    assert got == first
+    assert feed.get(0.01) is None  # and stays ended

@@ -291,6 +291,24 @@ def test_the_stall_threshold_follows_each_stages_declared_period() -> None:
     assert set(watchdog.stalled) == {"uploader", "pipeline"}
 
 
+def test_a_beat_before_an_idle_wait_allows_the_longer_silence_once() -> None:
+    """A stage about to wait long for work (the pipeline on an idle bus) says so in its beat: that wait is
+    no stall, while the next working turn is held to its declared period again."""
+    clock = Clock()
+    watchdog = Watchdog(Recorder(watchdog_usec=2_000_000), clock=clock)
+    pipeline = beat(clock, period_s=0.1)
+    pipeline.beat(allow_s=5.0)
+    assert pipeline.allowed_s == 5.0 and watchdog.threshold(pipeline) == STALL_MARGIN * 5.0
+    clock.now += 4.9
+    assert watchdog.tick({"pipeline": pipeline}) and watchdog.stalled == {}
+    pipeline.beat()  # a working turn: the declared period again
+    assert pipeline.allowed_s == 0.1
+    clock.now += 1.05
+    assert not watchdog.tick({"pipeline": pipeline}) and set(watchdog.stalled) == {"pipeline"}
+    pipeline.beat(allow_s=0.01)  # never less than the declared period
+    assert pipeline.allowed_s == 0.1
+
+
 def test_a_heartbeat_declares_a_positive_period() -> None:
     with pytest.raises(ValueError, match="period"):
         Heartbeat(0.0)

@@ -42,31 +42,40 @@ STALL_MARGIN = 2.0  # a stage is stalled after this many of its declared periods
 class Heartbeat:
     """A stage's proof of life: moved by the stage's own thread, read by the supervisor's.
 
-    ``period_s`` is the stage's declared period, fixed at creation: the longest a healthy stage goes
-    between two beats (its longest idle wait, such as the uploader's wait for work).
+    ``period_s`` is the stage's declared period, fixed at creation: the longest a healthy, working stage
+    goes between two beats. A beat may allow a longer silence until the next (``beat(allow_s)``: a stage
+    about to wait long for work that only an event brings, such as the pipeline on an idle bus), so that an
+    idle agent need not wake to prove it lives.
 
-    Threading: only the owning thread calls :meth:`beat`; any thread reads :attr:`at`. The stamp is one
-    float attribute replaced whole on each beat, an immutable value swapped atomically, so a reader sees
-    the previous or the new stamp, never a torn one; no lock is needed and the beat never blocks.
+    Threading: only the owning thread calls :meth:`beat`; any thread reads :attr:`at` and
+    :attr:`allowed_s`. The beat is one tuple attribute replaced whole, an immutable value swapped
+    atomically, so a reader sees the previous or the new beat, never a torn one; no lock is needed and
+    the beat never blocks.
     """
 
-    __slots__ = ("_at", "_clock", "period_s")
+    __slots__ = ("_beat", "_clock", "period_s")
 
     def __init__(self, period_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         if not period_s > 0:
             raise ValueError(f"a heartbeat's period must be > 0 s, got {period_s!r}")
         self.period_s = period_s
         self._clock = clock
-        self._at = clock()
+        self._beat = (clock(), period_s)
 
-    def beat(self) -> None:
-        """Now is a sign of life (owning thread only)."""
-        self._at = self._clock()
+    def beat(self, allow_s: float | None = None) -> None:
+        """Now is a sign of life (owning thread only); the next may come ``allow_s`` later (at least
+        the declared period)."""
+        self._beat = (self._clock(), self.period_s if allow_s is None else max(allow_s, self.period_s))
 
     @property
     def at(self) -> float:
         """The last beat, on the ``clock`` (``time.monotonic()``)."""
-        return self._at
+        return self._beat[0]
+
+    @property
+    def allowed_s(self) -> float:
+        """The silence the last beat allowed until the next: the declared period, or longer."""
+        return self._beat[1]
 
 
 def stall_threshold(stall_after_s: float, period_s: float) -> float:
@@ -187,7 +196,7 @@ class Watchdog:
 
     def threshold(self, heartbeat: Heartbeat) -> float:
         """The silence after which the stage that owns ``heartbeat`` is stalled."""
-        return stall_threshold(self.stall_after_s, heartbeat.period_s)
+        return stall_threshold(self.stall_after_s, heartbeat.allowed_s)
 
     def tick(self, heartbeats: Mapping[str, Heartbeat | None]) -> bool:
         """Call on every loop of the supervisor. ``heartbeats`` maps a stage's name to its
