@@ -195,7 +195,7 @@ def paced(frames: Iterable[can.Message], speed: float | None, stop: threading.Ev
 class FrameFeed:
     """Bounded hand-over of frame lists from reader threads to the pipeline thread."""
 
-    def __init__(self, producers: int = 1, max_lists: int = 64, list_size: int = 256) -> None:
+    def __init__(self, producers: int = 1, max_lists: int = 16, list_size: int = 256) -> None:
         self._queue: queue.Queue[list[can.Message] | None] = queue.Queue(max_lists)
         self._open = producers
         self._closed = False

@@ -66,6 +66,7 @@ HEAL_TOTALS = (
     "INSERT OR REPLACE INTO counters SELECT 'backlog_chunks', count(*) FROM chunks;"
     "INSERT OR REPLACE INTO counters SELECT 'backlog_samples', coalesce(sum(sample_count), 0) FROM chunks"
 )
+CACHE_KIB = 256  # each connection's page cache
 SIDE_FILES = ("", "-wal", "-shm")
 OWN_TABLES = frozenset({"schemas", "chunks", "counters", "evictions", "sqlite_sequence"})
 
@@ -143,6 +144,9 @@ def connect(path: Path, check: bool) -> apsw.Connection:
         db.execute("PRAGMA page_size=1024")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        # A small page cache for each of the agent's three connections (SQLite's default is 2 MB each):
+        # appends touch a few new pages, the uploader reads the oldest once; memory is what a Pi lacks.
+        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         if check and db.execute("PRAGMA quick_check").fetchall() != [("ok",)]:
             raise apsw.CorruptError("quick_check failed")
         with db:
