@@ -4,11 +4,12 @@ Contract
 - Built once at start (:func:`build_decoder`), then used by the pipeline thread only; not thread-safe
   (it keeps counters).
 - ``Decoder.decode(frame)`` returns ``(column, raw value)`` pairs for the configured signals that the
-  frame carries, or an empty list. It never raises on bad frames: an unknown id, a payload shorter than
+  frame carries, or an empty list (the caller must not change it: a frame whose payload repeats the
+  previous one of its id gets the same list, undecoded). It never raises on bad frames: an unknown id, a payload shorter than
   its message (the fields that fit are still decoded) or one cantools refuses are *counted* in
   ``Decoder.stats`` and logged once per id, because real buses carry all of these (see the Kona log).
-  A payload longer than its protocol allows (8 bytes classic, 64 CAN FD) is counted in
-  ``stats.oversize`` and logged once per id, and not decoded.
+  A payload longer than its protocol allows (8 bytes classic, 64 CAN FD) of a known id is counted in
+  ``stats.oversize`` and logged once per id, and not decoded (of an unknown id, it is unknown).
 - Channels: ``stats.channels`` counts frames per channel. A configured channel that has seen no frame
   while others have is logged once (``bus_channel_silent``, with the channels that do carry frames)
   after ``CHANNEL_CHECK_FRAMES`` frames, and by :meth:`Decoder.check_channels` (call it when a replay
@@ -49,6 +50,7 @@ ANY_CHANNEL = "*"  # a bus entry with this channel decodes frames of every chann
 MAX_LENGTH = {False: 8, True: 64}  # payload bytes a frame may carry: classic CAN, CAN FD
 CHANNEL_CHECK_FRAMES = 10_000  # after this many frames, a configured channel with none is reported
 MAX_RESOLVED = 65_536  # frame ids whose message lookup is remembered (a bus of random ids stops there)
+UNSEEN = object()  # no payload equals it
 
 # Always lossless, whatever the configured bound: these carry meaning in every bit.
 _DISCRETE_NAME = re.compile(r"(counter|checksum|crc|alive|rolling|mux)", re.IGNORECASE)
@@ -64,6 +66,18 @@ def j1939_pgn(frame_id: int) -> int:
 class _Target:
     message: Any
     columns: list[tuple[str, int]]  # (cantools signal name, column in the schema)
+
+
+class _Seen:
+    """What one (channel, id) decodes as, and its last payload with the updates it made: a frame that
+    repeats its predecessor's payload (four in ten on the real recordings) is not decoded again."""
+
+    __slots__ = ("data", "target", "updates")
+
+    def __init__(self, target: _Target | None) -> None:
+        self.target = target
+        self.data: object = UNSEEN
+        self.updates: list[tuple[int, int | float]] = []
 
 
 @dataclass
@@ -92,7 +106,7 @@ class Decoder:
         self._exact = exact
         self._by_pgn = by_pgn
         # One lookup per frame, by (channel, id): 11-bit ids at [False], 29-bit at [True].
-        self._resolved: tuple[dict[tuple[str, int], _Target | None], ...] = ({}, {})
+        self._resolved: tuple[dict[tuple[str, int], _Seen], ...] = ({}, {})
         self.channels = frozenset(channel for channel, _ in [*exact, *by_pgn])  # configured, maybe "*"
         self.stats = DecodeStats()
         self._silent_reported = False
@@ -104,16 +118,20 @@ class Decoder:
         stats.channels[key[0]] += 1
         if stats.frames == CHANNEL_CHECK_FRAMES:
             self.check_channels()
-        if len(frame.data) > MAX_LENGTH[bool(frame.is_fd)]:
-            self._oversize(frame, key)
-            return []
         resolved = self._resolved[frame.is_extended_id]
         try:
-            target = resolved[key]
+            seen = resolved[key]
         except KeyError:
-            target = self._resolve(key, frame.is_extended_id)
+            seen = self._resolve(key, frame.is_extended_id)
+        target = seen.target
         if target is None:
-            self.stats.unknown[key] += 1
+            stats.unknown[key] += 1
+            return []
+        if frame.data == seen.data:  # the payload its predecessor had: the same updates (never mutated)
+            stats.decoded += 1
+            return seen.updates
+        if len(frame.data) > MAX_LENGTH[bool(frame.is_fd)]:
+            self._oversize(frame, key)
             return []
         data = bytes(frame.data)
         truncated = len(data) < target.message.length
@@ -142,9 +160,12 @@ class Decoder:
                 )
             self.stats.truncated[key] += 1
         self.stats.decoded += 1
-        return [(column, values[name]) for name, column in target.columns if name in values]
+        updates = [(column, values[name]) for name, column in target.columns if name in values]
+        if not truncated:  # a short frame is counted each time: never remembered
+            seen.data, seen.updates = data, updates
+        return updates
 
-    def _resolve(self, key: tuple[str, int], extended: bool) -> _Target | None:
+    def _resolve(self, key: tuple[str, int], extended: bool) -> _Seen:
         """The message a frame of (channel, id) decodes as: by exact id, else (29-bit) by J1939 PGN;
         remembered, up to ``MAX_RESOLVED`` ids of each kind (garbage ids cannot grow it without end)."""
         channel, frame_id = key
@@ -153,9 +174,10 @@ class Decoder:
             pgn = j1939_pgn(frame_id)
             target = self._by_pgn.get((channel, pgn)) or self._by_pgn.get((ANY_CHANNEL, pgn))
         resolved = self._resolved[extended]
+        seen = _Seen(target)
         if len(resolved) < MAX_RESOLVED:
-            resolved[key] = target
-        return target
+            resolved[key] = seen
+        return seen
 
     def _oversize(self, frame: can.Message, key: tuple[str, int]) -> None:
         if self.stats.oversize[key] == 0:

@@ -32,7 +32,7 @@ from agent.chunk import Chunker
 from agent.config import BufferConfig
 from agent.decode import Decoder
 from agent.latest import LatestValues
-from agent.sample import Sampler, to_micros
+from agent.sample import MICROS, Sampler
 from agent.service.logs import get_logger
 from agent.source import FrameFeed
 from agent.stage import Stage
@@ -103,6 +103,7 @@ class Pipeline(Stage):
             self.log.info("backpressure_released", held_s=round(time.monotonic() - self._held_since, 1))
             self._held_since = None
         decode, feed_sampler = self.decoder.decode, self.sampler.feed
+        micros = MICROS
         idle = not self._fed and not self.writer.pending  # nothing to commit: no need to wake for it
         due_in = IDLE_WAIT_S if idle else min(self._next_commit - time.monotonic(), PERIOD_S)
         if idle:
@@ -115,7 +116,7 @@ class Pipeline(Stage):
                 self._next_commit = max(self._next_commit, time.monotonic() + self.commit_interval_s)
             self._fed = True
             for frame in frames:
-                feed_sampler(to_micros(frame.timestamp), decode(frame))
+                feed_sampler(round(frame.timestamp * micros), decode(frame))  # to_micros, inlined
             self.latest.publish()
         if time.monotonic() >= self._next_commit and (self._fed or self.writer.pending):
             self._fed = False

@@ -135,7 +135,8 @@ def read_log(path: str | Path, stats: LogStats | None = None) -> Iterator[can.Me
                 for frame in TEXT_READERS[suffix](lines):
                     if frame.is_error_frame or frame.is_remote_frame:
                         continue
-                    frame.channel = "can0" if frame.channel is None else str(frame.channel)
+                    if frame.channel.__class__ is not str:  # the text readers' names are strings already
+                        frame.channel = "can0" if frame.channel is None else str(frame.channel)
                     stats.frames += 1
                     yield frame
                 return

@@ -204,3 +204,17 @@ def test_periods_come_from_the_dbc_cycle_time(small_dbc: Path) -> None:
     assert build_decoder([("can0", [small_dbc], "auto")], ["Speed.Value"]).periods == (None,)
     decoder = build_decoder([("can0", [REFERENCE_DBC], "auto")], ["DriveSpeed.VehicleSpeed"])
     assert decoder.periods[0] is not None and 0 < decoder.periods[0] <= 1
+
+
+def test_a_repeated_payload_gives_the_same_updates_and_is_counted_each_time(small_dbc: Path) -> None:
+    decoder = build_decoder([("can0", [small_dbc], "auto")], ["Speed.Value"])
+    first = decoder.decode(frame(257, bytes(range(8))))
+    again = decoder.decode(frame(257, bytes(range(8))))
+    changed = decoder.decode(frame(257, bytes(range(1, 9))))
+    assert again == first != changed != []
+    assert decoder.decode(frame(257, bytes(range(8)))) == first  # back to the first payload: decoded anew
+    assert decoder.stats.decoded == decoder.stats.frames == 4
+    short = frame(257, bytes(range(2)))  # shorter than its message: counted each time, never remembered
+    decoder.decode(short)
+    decoder.decode(short)
+    assert decoder.stats.truncated[("can0", 257)] == 2
