@@ -7,7 +7,9 @@ month at the rate so far, and says when the projection would overrun the budget:
 (``edge-agent status``, the retained MQTT status) and, once a month, in the log
 (``budget_overrun_projected``, with what to do). What is sent is never held back by the budget: the
 agent loses nothing to save bytes. Fewer, larger batches (``upload.batch_interval_s``) and coarser error
-bounds are what the user can change.
+bounds are what the user can change; ``sampling.budget_bounds`` lets the agent coarsen the bounds it
+names itself, to those values and never past them, while the month is projected over budget
+(:func:`coarse_wanted`: until the projection is back under ``RESTORE_FRACTION`` of it).
 
 The month's count is kept in a small JSON file beside the buffer (written atomically at most every
 ``SAVE_EVERY_S`` and at shutdown), so a restart continues the month; a power cut loses at most that much
@@ -32,6 +34,7 @@ from pathlib import Path
 from agent.service.logs import get_logger
 
 SAVE_EVERY_S = 60.0
+RESTORE_FRACTION = 0.9  # the budget's coarse bounds end once the month is projected under this share
 log = get_logger("agent.budget")
 
 
@@ -47,6 +50,17 @@ class BudgetView:
     @property
     def over(self) -> bool:
         return self.monthly_bytes > 0 and self.projected_bytes > self.monthly_bytes
+
+
+def coarse_wanted(view: BudgetView, coarse: bool) -> bool:
+    """Whether the budget's coarser bounds (``sampling.budget_bounds``) should apply, ``coarse`` saying
+    whether they do now: from a projected overrun until the projection falls under ``RESTORE_FRACTION``
+    of the budget (a new month starts under it), so that the agent does not flip at the line."""
+    if not view.monthly_bytes:
+        return False
+    if coarse:
+        return view.projected_bytes >= RESTORE_FRACTION * view.monthly_bytes
+    return view.over
 
 
 def month_of(now: float) -> str:

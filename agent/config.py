@@ -103,7 +103,9 @@ class SamplingConfig:
     values wrap. ``bounds_preset`` names a :data:`BOUNDS_PRESETS` entry applied beneath them, to the
     signals it names that are sampled. ``predictor`` codes every signal (:mod:`agent.wire.predictors`).
     ``max_hold_s``: how long a value is held after its frame, at most; ``None`` ("auto") derives it per
-    signal from its period (:mod:`agent.sample`).
+    signal from its period (:mod:`agent.sample`). ``budget_bounds``: the coarsest bound the user allows
+    each named signal while the month's link bytes are projected past ``upload.monthly_bytes``
+    (:func:`budget_config`).
     """
 
     rate_hz: float = 50.0
@@ -113,6 +115,7 @@ class SamplingConfig:
     angles: Mapping[str, float] = field(default_factory=dict)
     predictor: str = predict.DEFAULT
     max_hold_s: float | None = None
+    budget_bounds: Mapping[str, float] = field(default_factory=dict)
 
     def bound(self, name: str) -> float:
         """The error bound of ``name`` (``MESSAGE.SIGNAL``): the configured one, the preset's, or 0."""
@@ -187,9 +190,22 @@ def check_source(source: SourceConfig, view: SectionView) -> None:
 
 
 def check_sampling(sampling: SamplingConfig, view: SectionView) -> None:
+    for name, coarsest in sampling.budget_bounds.items():
+        if coarsest < sampling.bound(name):
+            view.error(
+                "budget_bounds",
+                f"{coarsest:g} is finer than the signal's own bound {sampling.bound(name):g}: a budget "
+                "only ever coarsens (give at least its bound)",
+                node=child(view.given.get("budget_bounds"), name),
+                sub=f"[{name!r}]",
+            )
     if not sampling.signals:
         return
-    for key, names in (("bounds", sampling.bounds), ("angles", sampling.angles)):
+    for key, names in (
+        ("bounds", sampling.bounds),
+        ("angles", sampling.angles),
+        ("budget_bounds", sampling.budget_bounds),
+    ):
         for name in names:
             if name not in sampling.signals:
                 node = child(view.given.get(key), name, key_node=True)
@@ -197,6 +213,25 @@ def check_sampling(sampling: SamplingConfig, view: SectionView) -> None:
                 view.error(
                     key, f"signal {name!r} is not in sampling.signals{hint}", node=node, sub=f"[{name!r}]"
                 )
+
+
+def check_budget_bounds(config: AgentConfig, view: SectionView) -> None:
+    if config.sampling.budget_bounds and not config.upload.monthly_bytes:
+        view.error(
+            "sampling",
+            "apply only while the month would overrun upload.monthly_bytes, which is not set: set it (or remove them)",
+            node=child(view.given.get("sampling"), "budget_bounds"),
+            sub=".budget_bounds",
+        )
+
+
+def budget_config(config: AgentConfig) -> AgentConfig | None:
+    """The configuration the agent samples with while its month is projected over budget: each signal of
+    ``sampling.budget_bounds`` at that bound (never coarser); ``None`` when none is given."""
+    sampling = config.sampling
+    if not sampling.budget_bounds:
+        return None
+    return replace(config, sampling=replace(sampling, bounds={**sampling.bounds, **sampling.budget_bounds}))
 
 
 def check_status(status: StatusConfig, view: SectionView) -> None:
@@ -260,6 +295,7 @@ AGENT_SCHEMA = Section(
                 "angles": MapOf(SIGNAL_NAME, Float(min=0, min_open=True)),
                 "predictor": Choice(*predict.PREDICTORS),
                 "max_hold_s": Alias(Float(min=0, min_open=True), {"auto": None}),
+                "budget_bounds": MapOf(SIGNAL_NAME, Float(min=0, min_open=True)),
             },
             (check_sampling,),
         ),
@@ -289,7 +325,7 @@ AGENT_SCHEMA = Section(
         "logging": LOGGING_SECTION,
         "status": Section(StatusConfig, {"signals": ListOf(SIGNAL_NAME, unique=True)}, (check_status,)),
     },
-    (check_status_signals,),
+    (check_status_signals, check_budget_bounds),
 )
 
 

@@ -38,36 +38,29 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from fractions import Fraction
 from types import FrameType
 from typing import Any
 
 from agent import __version__, bus, source, wire
-from agent.budget import MonthlyBudget
+from agent.budget import BudgetView, MonthlyBudget, coarse_wanted
 from agent.buffer import Buffer, BufferStats
 from agent.bushealth import BusHealth
 from agent.chunk import new_boot_id
 from agent.config import AgentConfig
-from agent.decode import Decoder, decoder_for
+from agent.decode import Decoder
 from agent.errors import SourceError
 from agent.pipeline import Pipeline
 from agent.sample import SampleStats
+from agent.schemas import build_budget_schema, build_schema
 from agent.service.logs import get_logger
 from agent.service.supervise import Heartbeat, Supervisor
 from agent.status import StatusReport, drain_eta, status_path, write_status_file
 from agent.upload import Uploader
-from agent.wire.values import Schema
 
 STATUS_EVERY_S = 1.0
 STATUS_REFRESH_S = 5.0  # an unchanged status is sent again this often (a reader's STALE_AFTER_S is 10)
 SUPERVISE_WAIT_S = 1.0  # a running daemon's supervisor loop while its status changes
 IDLE_SUPERVISE_WAIT_S = STATUS_REFRESH_S  # ... and while it does not (a failing stage wakes it at once)
-
-
-def build_schema(config: AgentConfig) -> tuple[Decoder, Schema]:
-    decoder = decoder_for(config)  # the same path as check-config
-    rate = Fraction(str(config.sampling.rate_hz)).limit_denominator(1_000_000)
-    return decoder, Schema(rate, decoder.signals)
 
 
 @dataclass
@@ -140,6 +133,7 @@ class Agent:
             config.vin,
             max_hold_s=config.sampling.max_hold_s,
             status_signals=config.status.signals,
+            budget_schema=build_budget_schema(config),
         )
         self.uploader = Uploader(config.vin, config.upload, config.mqtt, buffer.path, wake)
         for stage in (self.pipeline, self.uploader):
@@ -236,6 +230,7 @@ class Agent:
         eta = drain_eta(stats.samples, upload.acked_samples_per_s)
         month = self.budget.update(upload.counters.link_bytes, self._status_link_bytes)
         self._status_link_bytes = 0
+        self._follow_budget(month)
         report = StatusReport.from_stats(
             self.config.vin,
             upload.state.value,
@@ -252,7 +247,27 @@ class Agent:
             month_projected_bytes=month.projected_bytes,
             monthly_budget_bytes=month.monthly_bytes,
             buses=tuple(health.report() for health in self.bus_health),
+            budget_coarsened=self.pipeline.coarsen.is_set(),
         )
+
+    def _follow_budget(self, month: BudgetView) -> None:
+        """Coarsen ``sampling.budget_bounds``' signals while the month would overrun (agent.budget)."""
+        coarse = self.pipeline.coarsen.is_set()
+        wanted = self.pipeline.budget_schema is not None and coarse_wanted(month, coarse)
+        if wanted == coarse:
+            return
+        figures = {"projected_bytes": month.projected_bytes, "monthly_bytes": month.monthly_bytes}
+        if wanted:
+            self.pipeline.coarsen.set()
+            self.log.warning(
+                "budget_bounds_coarsened",
+                signals=sorted(self.config.sampling.budget_bounds),
+                reason="the month is projected over upload.monthly_bytes",
+                **figures,
+            )
+        else:
+            self.pipeline.coarsen.clear()
+            self.log.info("budget_bounds_restored", reason="the month is projected under budget", **figures)
 
     def _changes(self) -> tuple[Any, ...]:
         """What the status follows, cheap to read every second (the report itself asks the buffer): the

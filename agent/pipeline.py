@@ -17,6 +17,9 @@ Contract
   and stops the agent. ``finished`` is set once the source has ended and the last commit succeeded; a
   stop request commits what was sampled and leaves ``finished`` unset. The counters are written by the
   pipeline's thread only: read them after :meth:`~agent.stage.Stage.join`.
+- ``coarsen`` (an event the supervisor sets while the month's budget would overrun) switches the chunks
+  of the following commits to ``budget_schema`` (the same signals at ``sampling.budget_bounds``); cleared,
+  back to ``schema``. The switch happens between commits, never inside a chunk.
 - ``latest`` (:class:`agent.latest.LatestValues`) tracks the ``status_signals`` on every tick and is
   published once per turn (and after the last tick); other threads read only its snapshot.
 """
@@ -56,6 +59,7 @@ class Pipeline(Stage):
         vin: str,
         max_hold_s: float | None = None,
         status_signals: Sequence[str] = (),
+        budget_schema: Schema | None = None,
     ) -> None:
         super().__init__("pipeline", PERIOD_S, get_logger("agent.pipeline", vin=vin))
         self.decoder = decoder
@@ -74,6 +78,8 @@ class Pipeline(Stage):
         self.commit_interval_s = buffer.commit_interval_s
         self.writer = BufferWriter(buffer, self.log)  # creates the reserve file beside the buffer
         self.wake = wake
+        self.budget_schema = budget_schema  # the same signals at sampling.budget_bounds
+        self.coarsen = threading.Event()  # set by the supervisor: chunks from the next commit on are coarse
         self.finished = threading.Event()  # the source ended and the last commit succeeded
         self.samples_committed = 0
         self.chunks_committed = 0
@@ -165,4 +171,15 @@ class Pipeline(Stage):
         self.samples_refused += sum(c.sample_count for c in done.refused)
         if done.committed or done.refused:
             self.wake.set()
+        self._follow_budget(buffer)
         return done.ok
+
+    def _follow_budget(self, buffer: Buffer) -> None:
+        """Between two commits (no chunk open, none waiting in the writer): code the next chunks with the
+        schema that ``coarsen`` asks for. Each chunk names its schema, so the receiver decodes both."""
+        coarse = self.coarsen.is_set() and self.budget_schema is not None
+        wanted = self.budget_schema if coarse and self.budget_schema else self.schema
+        if wanted is self.chunker.schema or self.writer.pending or len(self.chunker):
+            return
+        self.chunker.schema = wanted
+        self._schema_id = buffer.schema_id(wanted)

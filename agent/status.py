@@ -113,6 +113,7 @@ class StatusReport:
     month_projected_bytes: int = 0  # the month at this month's rate so far
     monthly_budget_bytes: int = 0  # upload.monthly_bytes; 0 = none
     buses: tuple[BusReport, ...] = ()  # each live bus's health (agent.bushealth); none for a replay
+    budget_coarsened: bool = False  # sampling.budget_bounds apply: the month would overrun its budget
 
     @classmethod
     def from_stats(
@@ -180,6 +181,8 @@ class StatusReport:
                 f", OVER BUDGET: month projected {self.month_projected_bytes / 1e6:.1f} MB of "
                 f"{self.monthly_budget_bytes / 1e6:.1f} MB"
             )
+        if self.budget_coarsened:
+            budget += ", bounds coarsened for the budget"
         sick = "".join(f", {bus.summary()}" for bus in self.buses if bus.troubled)
         return (
             f"{state}: backlog {self.backlog_chunks} chunks / {self.backlog_samples} samples{eta}, "
@@ -205,6 +208,7 @@ class StatusReport:
             month_projected_bytes=self.month_projected_bytes,
             monthly_budget_bytes=self.monthly_budget_bytes,
             buses=[pb.BusHealth(**bus._asdict()) for bus in self.buses],
+            budget_coarsened=self.budget_coarsened,
         )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from agent.config import DEFAULT_AGENT_CONFIG, AgentConfig, load_agent_config
 from agent.decode import decoder_for
 from agent.errors import ConfigError, DbcError
+from agent.schemas import build_budget_schema
 
 HELP = "validate a config file: the files it names, its DBCs and its signals"
 EXAMPLE_VIN = "5YJ3E1EA0KF000001"  # config/edge-agent.example.yaml's
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config, check_files=True)
     try:
         decoder_for(config)
+        build_budget_schema(config)
     except (DbcError, ConfigError) as error:
         raise type(error)(f"{args.config}: {error}") from error
     print(f"{args.config}: ok ({summary(config)})")

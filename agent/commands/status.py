@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
             f"link this month: {report.month_bytes:,} B, projected {report.month_projected_bytes:,} B"
             f"{budget}{over}"
         )
+        if report.budget_coarsened:
+            print("bounds:         coarsened for the budget (sampling.budget_bounds)")
     for bus in report.buses:  # live buses: what was lost before the agent read it, and the bus's errors
         buffer = f", receive buffer {bus.receive_buffer_bytes:,} B" if bus.receive_buffer_bytes else ""
         print(

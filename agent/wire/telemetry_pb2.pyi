@@ -324,6 +324,7 @@ class Status(_message.Message):
         "backlog_bytes",
         "backlog_chunks",
         "backlog_samples",
+        "budget_coarsened",
         "buses",
         "drain_eta_known",
         "drain_eta_s",
@@ -355,6 +356,7 @@ class Status(_message.Message):
     MONTH_PROJECTED_BYTES_FIELD_NUMBER: _ClassVar[int]
     MONTHLY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     BUSES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_COARSENED_FIELD_NUMBER: _ClassVar[int]
     vin: str
     state: str
     backlog_chunks: int
@@ -372,6 +374,7 @@ class Status(_message.Message):
     month_projected_bytes: int
     monthly_budget_bytes: int
     buses: _containers.RepeatedCompositeFieldContainer[BusHealth]
+    budget_coarsened: bool
     def __init__(
         self,
         vin: str | None = ...,
@@ -391,6 +394,7 @@ class Status(_message.Message):
         month_projected_bytes: int | None = ...,
         monthly_budget_bytes: int | None = ...,
         buses: _Iterable[BusHealth | _Mapping] | None = ...,
+        budget_coarsened: bool | None = ...,
     ) -> None: ...
 
 class BusHealth(_message.Message):

@@ -50,8 +50,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent import wire
 from agent.chunk import Chunker, new_boot_id
 from agent.config import load_agent_config
-from agent.daemon import build_schema
 from agent.sample import Sampler, to_micros
+from agent.schemas import build_schema
 from agent.source import LogStats, read_log
 from agent.wire import auth
 from agent.wire.values import ChunkId, Schema
