@@ -15,7 +15,7 @@ import can
 import pytest
 from can.interfaces.socketcan.socketcan import build_can_frame, capture_message
 
-from agent import bushealth
+from agent import bus, bushealth
 from agent.bus import SO_RXQ_OVFL, DropCountingSocket, bus_frames, open_bus, size_receive_buffer
 from agent.bushealth import BusHealth
 from agent.source import FrameFeed
@@ -24,6 +24,12 @@ from tests.harness.waiting import wait_for
 SO_TIMESTAMPNS = 35
 VCAN = Path("/sys/class/net/vcan0")
 NO_VCAN = "no vcan0 interface: this machine's kernel lacks the vcan module; the virtual bus stands in"
+
+
+@pytest.fixture(autouse=True)
+def quick_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader sees its stop within QUIET_WAIT_S on a quiet bus: short here, so each test ends at once."""
+    monkeypatch.setattr(bus, "QUIET_WAIT_S", 0.2)
 
 
 def frames(count: int) -> list[can.Message]:
@@ -62,25 +68,28 @@ def reading(bus: can.BusABC, feed: FrameFeed, health: BusHealth | None = None) -
         thread.join()
 
 
-def test_virtual_bus_frames_reach_the_feed() -> None:
-    sender = can.Bus(interface="virtual", channel="edge-test-bus")
-    receiver = open_bus("virtual", "edge-test-bus", None)
-    feed = FrameFeed(producers=1)
+@contextmanager
+def virtual_pair(channel: str) -> Iterator[tuple[can.BusABC, can.BusABC]]:
+    """A sender on python-can's virtual bus ``channel`` and a receiver opened as the agent opens it."""
+    sender, receiver = can.Bus(interface="virtual", channel=channel), open_bus("virtual", channel, None)
     try:
-        with reading(receiver, feed):
-            for message in frames(5):
-                sender.send(message)
-            got = collect(feed, 5)
-        assert [m.arbitration_id for m in got] == [m.arbitration_id for m in frames(5)]
-        assert {m.channel for m in got} == {"can0"}
+        yield sender, receiver
     finally:
         sender.shutdown()
         receiver.shutdown()
 
 
+def test_virtual_bus_frames_reach_the_feed() -> None:
+    feed = FrameFeed(producers=1)
+    with virtual_pair("edge-test-bus") as (sender, receiver), reading(receiver, feed):
+        for message in frames(5):
+            sender.send(message)
+        got = collect(feed, 5)
+    assert [m.arbitration_id for m in got] == [m.arbitration_id for m in frames(5)]
+    assert {m.channel for m in got} == {"can0"}
+
+
 def test_error_frames_are_counted_in_the_buses_health_and_never_sampled() -> None:
-    sender = can.Bus(interface="virtual", channel="edge-error-bus")
-    receiver = open_bus("virtual", "edge-error-bus", None)
     feed = FrameFeed(producers=1)
     health = BusHealth("can0")
     sick = [
@@ -90,20 +99,16 @@ def test_error_frames_are_counted_in_the_buses_health_and_never_sampled() -> Non
         error_frame(bushealth.ERR_CRTL, 0x10),  # RX error-passive
         error_frame(bushealth.ERR_BUSOFF),
     ]
-    try:
-        with reading(receiver, feed, health):
-            for message in [*frames(2), *sick, *frames(3)]:
-                sender.send(message)
-            got = collect(feed, 5)
-            wait_for(lambda: health.error_frames == 5, timeout=5)
-        assert len(got) == 5 and not any(m.is_error_frame for m in got)
-        report = health.report()
-        assert (report.bus_errors, report.controller_overflows, report.bus_off) == (2, 1, 1)
-        assert report.state == bushealth.BUS_OFF
-        assert report.summary() == "can0: BUS-OFF, 1 frames lost, 2 bus errors, bus-off 1x"
-    finally:
-        sender.shutdown()
-        receiver.shutdown()
+    with virtual_pair("edge-error-bus") as (sender, receiver), reading(receiver, feed, health):
+        for message in [*frames(2), *sick, *frames(3)]:
+            sender.send(message)
+        got = collect(feed, 5)
+        wait_for(lambda: health.error_frames == 5, timeout=5)
+    assert len(got) == 5 and not any(m.is_error_frame for m in got)
+    report = health.report()
+    assert (report.bus_errors, report.controller_overflows, report.bus_off) == (2, 1, 1)
+    assert report.state == bushealth.BUS_OFF
+    assert report.summary() == "can0: BUS-OFF, 1 frames lost, 2 bus errors, bus-off 1x"
 
 
 def test_a_restart_after_bus_off_returns_the_bus_to_error_active() -> None:

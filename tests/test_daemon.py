@@ -205,20 +205,26 @@ def test_a_missing_interface_is_waited_for_with_the_watchdog_going_and_no_ready(
     )
 
 
+def offline_live_config(tmp_path: Path, vin: str, channel: str) -> AgentConfig:
+    """A live virtual bus ``channel``, a buffer in ``tmp_path``, and a broker that is not there."""
+    return AgentConfig(
+        vin=vin,
+        source=SourceConfig(kind="bus"),
+        buses=(BusConfig(channel=channel, dbc=(DBC,), interface="virtual"),),
+        sampling=SamplingConfig(signals=tuple(SIGNALS)),
+        buffer=BufferConfig(path=tmp_path / "buffer.sqlite"),
+        mqtt=MqttConfig(host="127.0.0.1", port=1),
+    )
+
+
 def test_an_unchanged_status_is_not_rewritten_until_its_refresh_is_due(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from agent import daemon
 
-    config = AgentConfig(
-        vin="STATUS0000000001",
-        source=SourceConfig(kind="bus"),
-        buses=(BusConfig(channel="edge-status", dbc=(DBC,), interface="virtual"),),
-        sampling=SamplingConfig(signals=tuple(SIGNALS)),
-        buffer=BufferConfig(path=tmp_path / "buffer.sqlite"),
-        mqtt=MqttConfig(host="127.0.0.1", port=1),
-    )
-    agent = Agent(config)  # not started: nothing changes between two reports
+    agent = Agent(
+        offline_live_config(tmp_path, "STATUS0000000001", "edge-status")
+    )  # not started: nothing changes between two reports
     try:
         agent.publish_status(only_if_changed=True)
         assert agent.status_file.exists()
@@ -236,15 +242,7 @@ def test_a_live_buses_errors_reach_the_status(tmp_path: Path) -> None:
     from agent import bushealth
     from agent.status import StatusReport
 
-    config = AgentConfig(
-        vin="BUSOFF0000000001",
-        source=SourceConfig(kind="bus"),
-        buses=(BusConfig(channel="edge-sick", dbc=(DBC,), interface="virtual"),),
-        sampling=SamplingConfig(signals=tuple(SIGNALS)),
-        buffer=BufferConfig(path=tmp_path / "buffer.sqlite"),
-        mqtt=MqttConfig(host="127.0.0.1", port=1),
-    )
-    agent = Agent(config)
+    agent = Agent(offline_live_config(tmp_path, "BUSOFF0000000001", "edge-sick"))
     agent.start()
     sender = can.Bus(interface="virtual", channel="edge-sick")
     try:
