@@ -158,9 +158,11 @@ MAX_STATUS_SIGNALS = 16  # the retained status stays a few hundred bytes
 class StatusConfig:
     """``signals``: sampled signals (``MESSAGE.SIGNAL``) whose latest value and time the retained MQTT
     status carries, so that a dashboard sees the vehicle's present while its backlog drains oldest
-    first; empty (the default) = none."""
+    first; empty (the default) = none. ``publish_interval_s``: that status at most this often while
+    only its figures change (a change of state goes at once)."""
 
     signals: tuple[str, ...] = ()
+    publish_interval_s: float = 1.0  # the retained MQTT status, while only its figures change
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,11 @@ AGENT_SCHEMA = Section(
             },
         ),
         "logging": LOGGING_SECTION,
-        "status": Section(StatusConfig, {"signals": ListOf(SIGNAL_NAME, unique=True)}, (check_status,)),
+        "status": Section(
+            StatusConfig,
+            {"signals": ListOf(SIGNAL_NAME, unique=True), "publish_interval_s": Float(min=0, min_open=True)},
+            (check_status,),
+        ),
     },
     (check_status_signals, check_budget_bounds),
 )

@@ -108,6 +108,8 @@ class Agent:
         self.boot_id = new_boot_id()
         self.stop_event = threading.Event()
         self._last_changes: tuple[Any, ...] = ()  # what the last published status followed (_changes)
+        self._sent_shape: tuple[Any, ...] = ()  # the last MQTT status's state, budget and buses
+        self._sent_at = -math.inf  # when it was sent (monotonic)
         self._status_at = 0.0
         self.supervisor = Supervisor()  # sd_notify: READY, STATUS, WATCHDOG, STOPPING; no-ops outside systemd
         self.log_stats = source.LogStats()
@@ -292,9 +294,13 @@ class Agent:
             write_status_file(self.status_file, report)
         except OSError as error:
             self.log.warning("status_file_failed", path=str(self.status_file), reason=str(error))
-        self._status_link_bytes += self.uploader.publish_status(
-            wire.encode_status(report.to_proto(__version__))
-        )
+        # The broker's copy: a change of state (or of a bus's health) at once, figures at their interval.
+        shape = (report.state, report.budget_coarsened, report.buses)
+        due = time.monotonic() - self._sent_at >= self.config.status.publish_interval_s
+        if shape != self._sent_shape or due or not only_if_changed:
+            payload = wire.encode_status(report.to_proto(__version__))
+            self._status_link_bytes += self.uploader.publish_status(payload)
+            self._sent_shape, self._sent_at = shape, time.monotonic()
         return report
 
     def run(self, until_drained: bool = False, drain_timeout_s: float = 60.0) -> RunResult:

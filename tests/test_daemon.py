@@ -29,6 +29,16 @@ from tests.harness.waiting import wait_for, wait_for_text
 pytestmark = pytest.mark.slow
 
 
+def send_paced(sender: can.BusABC, frames: list[can.Message]) -> None:
+    """Send ``frames`` at their log's own pace: a live agent stamps frames as they arrive."""
+    start = time.monotonic()
+    for frame in frames:
+        delay = start + (frame.timestamp - frames[0].timestamp) - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        sender.send(frame)
+
+
 def test_live_virtual_bus_reaches_the_receiver(broker: Broker, tmp_path: Path) -> None:
     from receiver.config import ReceiverConfig, ReceiverMqttConfig, StoreConfig
     from receiver.ingest import Receiver
@@ -52,13 +62,7 @@ def test_live_virtual_bus_reaches_the_receiver(broker: Broker, tmp_path: Path) -
     agent.start()
     sender = can.Bus(interface="virtual", channel="edge-live")
     try:
-        frames = [f for f in simulate("highway", 3.0, seed=3, dbc_path=DBC)]
-        start = time.monotonic()
-        for frame in frames:  # at the log's own pace, so the bus clock spans 3 s
-            delay = start + (frame.timestamp - frames[0].timestamp) - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            sender.send(frame)
+        send_paced(sender, list(simulate("highway", 3.0, seed=3, dbc_path=DBC)))  # the bus spans 3 s
         time.sleep(1.0)
         agent.stop_event.set()
         result = agent.run()
@@ -257,5 +261,50 @@ def test_a_live_buses_errors_reach_the_status(tmp_path: Path) -> None:
         assert (sent.channel, sent.state, sent.bus_off, sent.bus_errors) == ("edge-sick", "bus-off", 1, 1)
     finally:
         sender.shutdown()
+        agent.stop_event.set()
+        agent.run()
+
+
+def test_the_brokers_status_waits_its_interval_while_only_its_figures_change(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """status.publish_interval_s: a new state goes to the broker at once; a status whose figures alone
+    changed (samples committed) is written locally but not sent until its interval has passed."""
+    from dataclasses import replace
+
+    from agent import wire
+    from agent.config import StatusConfig
+    from agent.status import State
+    from tests.harness.peer import Peer
+
+    config = replace(
+        offline_live_config(tmp_path, "PACED00000000001", "edge-paced"),
+        mqtt=MqttConfig(host="127.0.0.1", port=broker.port),
+        status=StatusConfig(publish_interval_s=3600.0),
+    )
+    peer = Peer(broker)
+    peer.client.subscribe("fleet/PACED00000000001/status", qos=1)
+    agent = Agent(config)
+    agent.start()
+    sender = can.Bus(interface="virtual", channel="edge-paced")
+    try:
+        wait_for(lambda: agent.uploader.status().state is not State.OFFLINE, timeout=15)
+        first = agent.publish_status(only_if_changed=True)  # a new state: sent at once
+        assert first is not None
+        send_paced(sender, list(simulate("highway", 0.5, seed=4, dbc_path=DBC)))
+        wait_for(lambda: agent.pipeline.samples_committed > 0, timeout=15)
+        figures = agent.publish_status(only_if_changed=True)  # figures only: the file, not the broker
+        assert figures is not None and figures.state == first.state
+        assert json.loads(agent.status_file.read_text())["updated_at"] == figures.updated_at
+        forced = agent.publish_status()  # a forced one (as at shutdown) always goes
+        assert forced is not None
+        sent: list[float] = []
+        while not sent or sent[-1] != forced.updated_at:
+            _topic, payload = peer.acks.get(timeout=10)
+            sent.append(wire.decode_status(payload).updated_at)
+        assert sent == [first.updated_at, forced.updated_at], "the figures-only status was not sent"
+    finally:
+        sender.shutdown()
+        peer.close()
         agent.stop_event.set()
         agent.run()
