@@ -103,6 +103,7 @@ class Sampler:
         initial = [round((p or DEFAULT_PERIOD_S) * self._second) for p in given]
         fixed = None if max_hold_s is None else round(max_hold_s * self._second)
         self._hold = [self._auto_hold(p) if fixed is None else fixed for p in initial]
+        self._shortest_hold = self._min_hold if fixed is None else fixed  # no hold is ever shorter
         # The longest interval measured (0: none yet); _NEVER: nothing is measured (a fixed hold).
         self._longest = [0 if fixed is None else _NEVER] * signal_count
         self._at = [_NEVER] * signal_count  # position of each signal's latest frame (_NEVER: none)
@@ -135,18 +136,20 @@ class Sampler:
             at = self._new_segment(at)
         elif -(-at // self._scale) < self.next_tick:
             self._stats.late += 1
-        values, stamps, holds, longest = self.values, self._at, self._hold, self._longest
-        soonest = self._expires
+        values, stamps, longest = self.values, self._at, self._longest
         for column, value in updates:
             values[column] = value
             interval = at - stamps[column]  # negative for the first frame of a segment, or a late one
             stamps[column] = at
             if interval > longest[column]:
                 self._measure(column, interval)
-            expires = at + holds[column]
-            if expires < soonest:
-                soonest = expires
-        self._expires = soonest
+        if self._expires > at + self._shortest_hold:  # else none of these values can expire sooner
+            holds, soonest = self._hold, self._expires
+            for column, _ in updates:
+                expires = at + holds[column]
+                if expires < soonest:
+                    soonest = expires
+            self._expires = soonest
 
     def _measure(self, column: int, interval: int) -> None:
         """A longer interval than any before between two frames of ``column``: its period, if within
