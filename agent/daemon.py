@@ -19,12 +19,12 @@ Contract
   :meth:`Agent.run` shuts every stage down and returns a :class:`RunResult` whose ``failed`` names it,
   and the command exits non-zero, so that systemd restarts the service.
 - The configuration sections are handed to the stages as they were read (no copies field by field).
-- Live buses: a bus whose interface exists and is up is opened here, at construction (a failure to
-  open it is fatal: :class:`~agent.errors.SourceError`); one that is missing or down is waited for on
-  its reader thread (:func:`agent.bus.wait_for_bus`). READY is sent once every bus is bound; the
+- Live buses (:class:`agent.readers.Readers`): a bus whose interface exists and is up is opened at
+  construction (a failure to open it is fatal: :class:`~agent.errors.SourceError`); one that is missing
+  or down is waited for on its reader thread (:func:`agent.bus.wait_for_bus`). READY is sent once every bus is bound; the
   watchdog and the status go on meanwhile. A reader that fails later ends the run (``failed`` names
   ``source``).
-- :class:`RunResult` accounts for the run: what was dropped (by the cap, by ``refuse_new``), what was
+- :class:`~agent.runresult.RunResult` accounts for the run: what was dropped (by the cap, by ``refuse_new``), what was
   never sampled (frames of unknown channels, oversize or undecodable frames, bad log lines, late
   frames) and the warnings (a configured channel without frames); :meth:`RunResult.outcome` says which.
 """
@@ -36,21 +36,18 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
-from agent import __version__, bus, source, wire
+from agent import __version__, wire
 from agent.budget import BudgetView, MonthlyBudget, coarse_wanted
 from agent.buffer import Buffer, BufferStats
-from agent.bushealth import BusHealth
 from agent.chunk import new_boot_id
 from agent.config import AgentConfig
-from agent.decode import Decoder
-from agent.errors import SourceError
 from agent.pipeline import Pipeline
-from agent.sample import SampleStats
+from agent.readers import Readers
+from agent.runresult import RunResult, unsampled_frames
 from agent.schemas import build_budget_schema, build_schema
 from agent.service.logs import get_logger
 from agent.service.supervise import Heartbeat, Supervisor
@@ -61,43 +58,6 @@ STATUS_EVERY_S = 1.0
 STATUS_REFRESH_S = 5.0  # an unchanged status is sent again this often (a reader's STALE_AFTER_S is 10)
 SUPERVISE_WAIT_S = 1.0  # a running daemon's supervisor loop while its status changes
 IDLE_SUPERVISE_WAIT_S = STATUS_REFRESH_S  # ... and while it does not (a failing stage wakes it at once)
-
-
-@dataclass
-class RunResult:
-    """How a run ended. ``failed`` names the stages that failed (then the command exits non-zero)."""
-
-    complete: bool  # the source ended, its last commit was made and the buffer is empty (all acked)
-    backlog: BufferStats
-    samples_committed: int
-    failed: tuple[str, ...] = ()
-    dropped: dict[str, int] = field(default_factory=dict)  # why -> samples dropped during this run
-    unsampled: dict[str, int] = field(default_factory=dict)  # why -> frames that reached no sample
-    warnings: tuple[str, ...] = ()  # e.g. a configured channel that had no frames
-    sampling: SampleStats | None = None
-
-    def outcome(self) -> str:
-        """``complete``; else the worst of ``incomplete``, ``dropped``, ``unsampled``."""
-        if not self.complete or self.failed:
-            return "incomplete"
-        if self.dropped:
-            return "dropped"
-        if self.unsampled or self.warnings:
-            return "unsampled"
-        return "complete"
-
-
-def unsampled_frames(decoder: Decoder, log_stats: source.LogStats, sampling: SampleStats) -> dict[str, int]:
-    """Why -> how many frames (or log lines) reached no sample; only the non-zero reasons."""
-    stats = decoder.stats
-    counts = {
-        "unknown_channel_frames": decoder.unknown_channel_frames(),
-        "oversize_frames": sum(stats.oversize.values()),
-        "undecodable_frames": sum(stats.errors.values()),
-        "bad_log_lines": log_stats.bad_lines,
-        "late_frames": sampling.late,
-    }
-    return {why: n for why, n in counts.items() if n}
 
 
 class Agent:
@@ -112,22 +72,18 @@ class Agent:
         self._sent_at = -math.inf  # when it was sent (monotonic)
         self._status_at = 0.0
         self.supervisor = Supervisor()  # sd_notify: READY, STATUS, WATCHDOG, STOPPING; no-ops outside systemd
-        self.log_stats = source.LogStats()
         self.buffer = Buffer(
             config.buffer.path, check=True
         )  # quarantines a damaged file before anyone uses it
         self.start_stats = self.buffer.stats()  # what was dropped before this run is not this run's
-        self.bound: list[threading.Event] = []  # one per live bus, set once it is bound
-        self.bus_health: list[BusHealth] = []  # one per live bus, written by its reader thread
-        self.source_error: str | None = None  # a reader that failed: ends the run
-        self.feed, self.readers = self._open_source()
+        self.readers = Readers(config, self.stop_event)  # a live bus that is there is opened now
         wake = threading.Event()
         buffer = config.buffer
         chunk_samples = max(1, math.ceil(float(self.schema.rate) * buffer.commit_interval_s))
         self.pipeline = Pipeline(
             self.decoder,
             self.schema,
-            self.feed,
+            self.readers.feed,
             buffer,
             self.boot_id,
             chunk_samples,
@@ -147,63 +103,6 @@ class Agent:
         )
         self._status_link_bytes = 0  # statuses published since the budget last counted
 
-    def _open_source(self) -> tuple[source.FrameFeed, list[threading.Thread]]:
-        config = self.config
-        if config.source.kind == "replay":
-            assert config.source.log is not None
-            speed = None if math.isinf(config.source.speed) else config.source.speed
-            frames = source.paced(source.read_log(config.source.log, self.log_stats), speed, self.stop_event)
-            feed = source.FrameFeed(producers=1)
-            return feed, [
-                threading.Thread(target=self._pump, args=(feed, frames), name="replay", daemon=True)
-            ]
-        feed = source.FrameFeed(producers=len(config.buses))
-        readers = []
-        for live in config.buses:
-            # A bus that is there is opened now (a failure is fatal); a missing or down one is waited for.
-            health = BusHealth(live.channel)
-            ready = bus.bus_unavailable(live.interface, live.channel) is None
-            opened = (
-                bus.open_bus(live.interface, live.channel, live.bitrate, live.receive_buffer_bytes, health)
-                if ready
-                else None
-            )
-            bound = threading.Event()
-            self.bound.append(bound)
-            self.bus_health.append(health)
-            readers.append(
-                threading.Thread(
-                    target=self._pump,
-                    args=(feed, self._live(live, opened, bound, health)),
-                    name=f"bus-{live.channel}",
-                    daemon=True,
-                )
-            )
-        return feed, readers
-
-    def _live(self, live: Any, opened: Any, bound: threading.Event, health: BusHealth) -> Iterator[Any]:
-        """A live bus's frames, once it is bound (waiting for it first if it was not there)."""
-        if opened is None:
-            opened = bus.wait_for_bus(
-                live.interface, live.channel, live.bitrate, self.stop_event, live.receive_buffer_bytes, health
-            )
-            if opened is None:
-                return
-        bound.set()
-        yield from bus.bus_frames(opened, live.channel, self.stop_event, health=health)
-
-    def _pump(self, feed: source.FrameFeed, frames: Any) -> None:
-        try:
-            feed.pump(frames, self.stop_event)
-        except SourceError as error:  # a dead reader must be reported, not a silent thread death
-            self.source_error = str(error)
-            self.log.error("source_failed", reason=str(error))
-            self.stop_event.set()
-        except Exception as error:
-            self.source_error = f"{type(error).__name__}: {error}"
-            self.log.error("source_failed", reason=self.source_error, exc_info=error)
-            self.stop_event.set()
-
     def start(self) -> None:
         self.log.info(
             "agent_starting",
@@ -215,8 +114,7 @@ class Agent:
         )
         self.pipeline.start()
         self.uploader.start()
-        for reader in self.readers:
-            reader.start()
+        self.readers.start()
 
     def install_signal_handlers(self) -> None:
         def handle(signum: int, _frame: FrameType | None) -> None:
@@ -248,7 +146,7 @@ class Agent:
             month_bytes=month.used_bytes,
             month_projected_bytes=month.projected_bytes,
             monthly_budget_bytes=month.monthly_bytes,
-            buses=tuple(health.report() for health in self.bus_health),
+            buses=tuple(health.report() for health in self.readers.health),
             budget_coarsened=self.pipeline.coarsen.is_set(),
         )
 
@@ -275,7 +173,7 @@ class Agent:
         """What the status follows, cheap to read every second (the report itself asks the buffer): the
         uploader's state and counters, the samples committed, the buses' health."""
         upload = self.uploader.status()
-        health = tuple(bus.report() for bus in self.bus_health)
+        health = tuple(bus.report() for bus in self.readers.health)
         return (upload.state, upload.counters, self.pipeline.samples_committed, health)
 
     def publish_status(self, only_if_changed: bool = False) -> StatusReport | None:
@@ -313,7 +211,7 @@ class Agent:
         while not self.stop_event.wait(0.1 if until_drained or not ready else self._loop_wait_s()):
             if self.failed_stages():
                 break
-            if not ready and all(bound.is_set() for bound in self.bound):
+            if not ready and self.readers.all_bound():
                 self.supervisor.ready()
                 ready = True
             self.supervisor.tick(self.heartbeats())
@@ -354,7 +252,7 @@ class Agent:
             pipeline.samples_committed,
             failed,
             {why: n for why, n in dropped.items() if n > 0},
-            unsampled_frames(self.decoder, self.log_stats, sampling),
+            unsampled_frames(self.decoder, self.readers.log_stats, sampling),
             (warning,) if warning else (),
             sampling,
         )
@@ -371,7 +269,7 @@ class Agent:
     def failed_stages(self) -> tuple[str, ...]:
         """The stages whose thread ended on an unexpected error (``source``: a reader that failed)."""
         failed = tuple(stage.name for stage in (self.pipeline, self.uploader) if stage.failed.is_set())
-        return (*failed, "source") if self.source_error else failed
+        return (*failed, "source") if self.readers.error else failed
 
     def heartbeats(self) -> dict[str, Heartbeat | None]:
         """Each stage's heartbeat, for the watchdog; a replay's pipeline that is done no longer beats."""
@@ -387,9 +285,7 @@ class Agent:
         reason = f"{', '.join(failed)} failed" if failed else "last commit, then disconnect"
         self.supervisor.stopping(f"stopping: {reason}")
         self.stop_event.set()
-        for reader in self.readers:
-            reader.join(0.5)
-        self.feed.close()  # a live reader may sit in its bus's receive for QUIET_WAIT_S yet: don't wait
+        self.readers.stop_and_close()
         if not self.pipeline.join(2.0):
             self.pipeline.request_stop()
             self.pipeline.join(1.0)
@@ -403,7 +299,7 @@ class Agent:
             samples_committed=self.pipeline.samples_committed,
             frames=self.decoder.stats.frames,
             unknown_frames=sum(self.decoder.stats.unknown.values()),
-            bad_log_lines=self.log_stats.bad_lines,
+            bad_log_lines=self.readers.log_stats.bad_lines,
             jumps_back=self.pipeline.sampler.stats.jumps_back,
             late_frames=self.pipeline.sampler.stats.late,
             backpressure_s=round(self.pipeline.backpressure_s, 1),

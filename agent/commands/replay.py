@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 
 from agent.config import load_agent_config
-from agent.daemon import Agent, RunResult
+from agent.daemon import Agent
 from agent.errors import ConfigError
+from agent.runresult import RunResult
 from agent.service import logs
 from agent.service.cli import positive_or
 
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             "chunks_committed": agent.pipeline.chunks_committed,
             "frames": agent.decoder.stats.frames,
             "unknown_frames": sum(agent.decoder.stats.unknown.values()),
-            "bad_log_lines": agent.log_stats.bad_lines,
+            "bad_log_lines": agent.readers.log_stats.bad_lines,
             "pending_chunks": result.backlog.chunks,
             "dropped": result.dropped,
             "unsampled": result.unsampled,
