@@ -59,6 +59,7 @@ from agent.broker_link import FailureLog, describe_error, describe_refusal
 from agent.buffer import Buffer, StoredChunk
 from agent.config import UploadConfig
 from agent.errors import StorageError, WireError
+from agent.pacing import Pacer
 from agent.service import mqtt
 from agent.service.logs import get_logger
 from agent.stage import Stage
@@ -107,11 +108,10 @@ class Uploader(Stage):
         self._cursor = 0  # last buffer row handed to the broker since the last reset
         self._fresh_after = 0  # buffer row: chunks after it were committed after the last publish/connect
         self._packet_limit = 0  # the broker's Maximum Packet Size, 0 = none announced
-        self._tokens, self._tokens_at = 0.0, time.monotonic()
+        self._pacer = Pacer(config.max_bytes_per_s, config.batch_interval_s, config.max_batch_bytes)
         self._sent = SentLedger()  # what this process handed to the broker and has not seen acked
         self._waiting_since: float | None = None  # monotonic: first send with no ack since
         self._unknown_boot_logged = False
-        self._holding_since: float | None = None  # when chunks first waited for batch_interval_s
         self._schemas_stored: set[bytes] = set()  # schema hashes an ack said a receiver stored
         base = f"{mqtt_config.prefix}/{vin}"
         self.telemetry_topic, self.ack_topic, self.status_topic = (
@@ -374,18 +374,6 @@ class Uploader(Stage):
             self.log.warning("ack_timeout", batches=len(late), timeout_s=self.config.ack_timeout_s)
             self._reset()
 
-    def _bandwidth_allows(self, size: int) -> bool:
-        rate = self.config.max_bytes_per_s
-        if rate <= 0:
-            return True
-        now = time.monotonic()
-        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)  # at most 1 s of burst
-        self._tokens_at = now
-        if self._tokens < min(size, rate):
-            return False
-        self._tokens -= size
-        return True
-
     def _mark_backlog(self, buffer: Buffer) -> None:
         """The connection is up: every chunk held now waited for it (backlog)."""
         try:
@@ -419,13 +407,13 @@ class Uploader(Stage):
             if self.state is State.DRAINING and not self._inflight:
                 self._transition(State.ONLINE, "backlog sent", buffer)
             return self._send_notices_alone(buffer)
-        if self._holds(chunks):
+        if self._pacer.holds(self.state is State.ONLINE, sum(len(c.payload) for c in chunks)):
             return False
         payload = self._encode(buffer, chunks, notices)
         while self._packet_limit and len(payload) > self._packet_limit * 0.9 and len(chunks) > 1:
             chunks = chunks[: len(chunks) // 2]  # the broker would refuse it: send fewer chunks
             payload = self._encode(buffer, chunks, notices)
-        if not self._bandwidth_allows(len(payload)):
+        if not self._pacer.allows(len(payload)):
             threading.Timer(0.1, self.wake.set).start()
             return False
         info = self.client.publish(self.telemetry_topic, payload, qos=1)
@@ -435,35 +423,11 @@ class Uploader(Stage):
         self._cursor = chunks[-1].row_id
         self._fresh_after = max(self._fresh_after, newest, self._cursor)  # sent once: a resend is backlog
         ids = {ChunkId(c.boot_id, c.seq) for c in chunks}
-        self._sent.sent(ids, ((boot, first, last) for _, boot, first, last in notices))
-        self._inflight[self._cursor] = _InFlight(ids, sum(c.sample_count for c in chunks), time.monotonic())
-        if self._waiting_since is None:
-            self._waiting_since = time.monotonic()
-        self._counters.batches_sent += 1
-        self._counters.chunks_sent += len(chunks)
-        self._counters.bytes_sent += len(payload)
-        self._counters.link_bytes += (
-            mqtt.publish_bytes(self.telemetry_topic, len(payload)) + mqtt.PUBACK_BYTES
-        )
+        self._note_sent(self._cursor, ids, sum(c.sample_count for c in chunks), notices, len(payload))
         if self.state is State.ONLINE and len(
             buffer.oldest(self._cursor, 1 << 30, DRAIN_THRESHOLD_CHUNKS + 1)
         ) > (DRAIN_THRESHOLD_CHUNKS):
             self._transition(State.DRAINING, "backlog found", buffer)
-        return True
-
-    def _holds(self, chunks: list[StoredChunk]) -> bool:
-        """Online and caught up, chunks wait up to ``batch_interval_s`` to leave together (each batch
-        costs its MQTT framing and an ack on the link), unless they already make half a full batch."""
-        if self.state is not State.ONLINE or self.config.batch_interval_s <= 0:
-            self._holding_since = None
-            return False
-        now = time.monotonic()
-        if self._holding_since is None:
-            self._holding_since = now
-        due = now - self._holding_since >= self.config.batch_interval_s
-        if due or sum(len(c.payload) for c in chunks) >= self.config.max_batch_bytes // 2:
-            self._holding_since = None
-            return False
         return True
 
     def _send_notices_alone(self, buffer: Buffer) -> bool:
@@ -485,16 +449,21 @@ class Uploader(Stage):
         )
         if self.client.publish(self.telemetry_topic, payload, qos=1).rc != paho.MQTT_ERR_SUCCESS:
             return False
-        self._sent.sent((), ((boot, first, last) for _, boot, first, last in notices))
-        self._inflight[-1] = _InFlight(set(), 0, time.monotonic())
+        self._note_sent(-1, set(), 0, notices, len(payload))
+        return False
+
+    def _note_sent(
+        self, key: int, ids: set[ChunkId], samples: int, notices: list[tuple[int, bytes, int, int]], size: int
+    ) -> None:
+        """A batch of ``size`` bytes went to the broker: in flight under ``key``, and counted."""
+        self._sent.sent(ids, ((boot, first, last) for _, boot, first, last in notices))
+        self._inflight[key] = _InFlight(ids, samples, time.monotonic())
         if self._waiting_since is None:
             self._waiting_since = time.monotonic()
         self._counters.batches_sent += 1
-        self._counters.bytes_sent += len(payload)
-        self._counters.link_bytes += (
-            mqtt.publish_bytes(self.telemetry_topic, len(payload)) + mqtt.PUBACK_BYTES
-        )
-        return False
+        self._counters.chunks_sent += len(ids)
+        self._counters.bytes_sent += size
+        self._counters.link_bytes += mqtt.publish_bytes(self.telemetry_topic, size) + mqtt.PUBACK_BYTES
 
     def _transition(self, new: State, reason: str, buffer: Buffer) -> None:
         if new is self.state:
