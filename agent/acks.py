@@ -10,6 +10,8 @@ Contract
   is O(ranges log ranges + ranges log sent + matches), never O(width of a range): an ack claiming
   0..2^62 costs what the chunks actually sent cost. Ranges of boots never sent are reported apart
   (``unknown_boots``), so the caller can count them.
+- :func:`read_ack` checks an ack (its MAC under the vehicle's key, its bytes, its vin) and takes it
+  apart, or raises :class:`~agent.errors.AckRejected` saying why. Pure: any thread.
 - :meth:`SentLedger.noted` keeps of an ack's ``noted`` ranges only the eviction notices this process
   sent: a forged ``noted`` cannot clear a notice that no batch carried.
 """
@@ -21,9 +23,39 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from agent import wire
+from agent.errors import AckRejected, WireError
+from agent.wire import auth
 from agent.wire.values import ChunkId
 
 Range = tuple[bytes, int, int]  # boot id, first seq, last seq (inclusive)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A receiver's ack, checked: what it says it stored, what it asks for, what it noted."""
+
+    ranges: list[Range]  # chunks stored (claimed: match them against what was sent)
+    schema_needed: bytes  # a schema hash that receiver lacks: send it whole again
+    schema_stored: bytes  # a schema hash it now holds: name it by hash from now on
+    noted: list[Range]  # eviction notices it recorded
+
+
+def read_ack(payload: bytes, vin: str, key: bytes | None) -> Ack:
+    """The ack in ``payload`` for ``vin``, its MAC verified under ``key`` (when there is one)."""
+    if key is not None:
+        try:
+            auth.verify(payload, key, vin)
+        except WireError as error:
+            raise AckRejected(str(error), forged=True) from error
+    try:
+        named, ranges = wire.decode_ack(payload)
+        needed, stored = wire.ack_schemas(payload)
+        noted = list(wire.ack_noted(payload))
+    except WireError as error:
+        raise AckRejected(str(error)) from error
+    if named != vin:
+        raise AckRejected(f"ack names vin {named!r}")
+    return Ack(list(ranges), needed, stored, noted)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ Contract
   (the broker answered CONNACK with a failure) turn a failure into a short, stable reason class
   ("name resolution", "refused", "timed out", "TLS", "not authorized", ...) and a
   detail. Pure functions, any thread.
+- :class:`BrokerEvents` holds paho's callbacks, which run on paho's network thread: each only posts an
+  event (connected, refused, unreachable, disconnected, ack, retained_ack) to its queue and sets
+  ``wake``; the uploader's thread takes them and decides (:mod:`agent.upload`).
 - :class:`FailureLog` belongs to the uploader's thread (not thread-safe, never blocks): it logs
   ``broker_unreachable`` once per reason class until a connection succeeds (:meth:`FailureLog.connected`),
   with ``broker`` (host:port) and ``retry_in_s``, the delay before paho's next attempt. It mirrors paho's
@@ -13,14 +16,56 @@ Contract
 
 from __future__ import annotations
 
+import queue
 import socket
 import ssl
+import threading
 from typing import Any
+
+import paho.mqtt.client as paho
 
 NOT_AUTHORIZED = 135  # MQTT v5 CONNACK reason codes
 BAD_CREDENTIALS = 134
 BAD_CREDENTIALS_V3 = 4  # MQTT 3.1.1: bad user name or password
 NOT_AUTHORIZED_V3 = 5
+
+
+class BrokerEvents:
+    """paho's callbacks: post an event, wake the uploader, nothing else (see the module's contract)."""
+
+    def __init__(self, ack_topic: str, wake: threading.Event) -> None:
+        self.ack_topic = ack_topic
+        self.wake = wake
+        self.queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def attach(self, client: paho.Client) -> None:
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_connect_fail = self._on_connect_fail
+
+    def _post(self, kind: str, detail: Any) -> None:
+        self.queue.put((kind, detail))
+        self.wake.set()
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self.queue.put(("refused", reason))  # paho's disconnect follows: that one wakes
+            return
+        client.subscribe(self.ack_topic, qos=1)
+        self._post("connected", (str(reason), getattr(properties, "MaximumPacketSize", 0)))
+
+    def _on_connect_fail(self, client: paho.Client, _u: Any) -> None:
+        self._post("unreachable", getattr(client, "last_connect_error", None))
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._post("disconnected", str(reason))
+
+    def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        if message.retain:  # kept by the broker from some earlier publisher: never a receiver's fresh ack
+            self._post("retained_ack", len(message.payload))
+        else:
+            self._post("ack", message.payload)
 
 
 def describe_error(error: BaseException | None, tls: bool = False) -> tuple[str, str]:

@@ -11,6 +11,7 @@ protobuf, OSError) are wrapped with ``raise ... from`` so that the cause survive
      |    +-- LogFormatError  a recorded log has a line that cannot be parsed (names file and line)
      +-- WireError            a payload does not decode (bad envelope, version, compression, protobuf)
      |    +-- SchemaUnknownError   a batch names its schema by a hash the receiver does not hold
+     |    +-- AckRejected          an ack the agent will not honour (its MAC, its bytes, its vin)
      +-- StorageError         a buffer or store database fails (I/O, full disk, corruption)
      |    +-- StorageFullError     the disk or the configured cap is full
      |    +-- StorageCorruptError  the file is not a healthy SQLite database
@@ -42,6 +43,14 @@ class LogFormatError(SourceError):
 
 class WireError(EdgeError):
     """A payload on the wire does not decode."""
+
+
+class AckRejected(WireError):
+    """An ack the agent does not honour; ``forged``: its MAC is missing or wrong (counted, logged once)."""
+
+    def __init__(self, reason: str, forged: bool = False) -> None:
+        super().__init__(reason)
+        self.forged = forged
 
 
 class SchemaUnknownError(WireError):

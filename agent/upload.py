@@ -54,11 +54,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import wire
-from agent.acks import SentLedger
-from agent.broker_link import FailureLog, describe_error, describe_refusal
+from agent.acks import SentLedger, read_ack
+from agent.broker_link import BrokerEvents, FailureLog, describe_error, describe_refusal
 from agent.buffer import Buffer, StoredChunk
 from agent.config import UploadConfig
-from agent.errors import StorageError, WireError
+from agent.errors import AckRejected, StorageError
 from agent.pacing import Pacer
 from agent.service import mqtt
 from agent.service.logs import get_logger
@@ -103,7 +103,6 @@ class Uploader(Stage):
         self._status_lock = threading.Lock()
         self._status = UploadStatus(self.state, UploadCounters(), None)
         self._buffer: Buffer | None = None  # the uploader's thread's own connection (open() to close())
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._inflight: dict[int, _InFlight] = {}  # keyed by the batch's last buffer row
         self._cursor = 0  # last buffer row handed to the broker since the last reset
         self._fresh_after = 0  # buffer row: chunks after it were committed after the last publish/connect
@@ -127,10 +126,8 @@ class Uploader(Stage):
         self._auth_key = mqtt_config.auth_key()  # the vehicle's MAC key (agent.wire.auth), or None
         self._mac_rejections: set[str] = set()  # reasons already logged
         self.client.will_set(self.status_topic, mqtt.offline_status(vin, self._auth_key), qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_connect_fail = self._on_connect_fail
+        self._events = BrokerEvents(self.ack_topic, wake)  # paho's thread posts, this one decides
+        self._events.attach(self.client)
 
     # --- any thread ---------------------------------------------------------------------------------
     def status(self) -> UploadStatus:
@@ -155,30 +152,6 @@ class Uploader(Stage):
     def _sign(self, payload: bytes) -> bytes:
         """``payload`` with its MAC under the vehicle's key, when there is one (pure: any thread)."""
         return payload if self._auth_key is None else auth.sign(payload, self._auth_key, self.vin)
-
-    # --- paho's thread: post events only -----------------------------------------------------------
-    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, properties: Any) -> None:
-        if reason.is_failure:
-            self._events.put(("refused", reason))
-            return
-        client.subscribe(self.ack_topic, qos=1)
-        self._events.put(("connected", (str(reason), getattr(properties, "MaximumPacketSize", 0))))
-        self.wake.set()
-
-    def _on_connect_fail(self, client: paho.Client, _u: Any) -> None:
-        self._events.put(("unreachable", getattr(client, "last_connect_error", None)))
-        self.wake.set()
-
-    def _on_disconnect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        self._events.put(("disconnected", str(reason)))
-        self.wake.set()
-
-    def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-        if message.retain:  # kept by the broker from some earlier publisher: never a receiver's fresh ack
-            self._events.put(("retained_ack", len(message.payload)))
-        else:
-            self._events.put(("ack", message.payload))
-        self.wake.set()
 
     # --- the owner's thread -------------------------------------------------------------------------
     def start(self) -> None:
@@ -247,7 +220,7 @@ class Uploader(Stage):
     def _drain_events(self, buffer: Buffer) -> None:
         while True:
             try:
-                kind, detail = self._events.get_nowait()
+                kind, detail = self._events.queue.get_nowait()
             except queue.Empty:
                 return
             if kind == "connected":
@@ -275,30 +248,24 @@ class Uploader(Stage):
 
     def _handle_ack(self, buffer: Buffer, payload: bytes) -> None:
         self._counters.link_bytes += mqtt.publish_bytes(self.ack_topic, len(payload)) + mqtt.PUBACK_BYTES
-        if self._auth_key is not None:
-            try:
-                auth.verify(payload, self._auth_key, self.vin)
-            except WireError as error:
-                self._counters.acks_rejected += 1
-                if str(error) not in self._mac_rejections:
-                    self._mac_rejections.add(str(error))
-                    self.log.error("ack_rejected", reason=str(error), size=len(payload), logged="once")
-                return
         try:
-            vin, ranges = wire.decode_ack(payload)
-            needed, schema_stored = wire.ack_schemas(payload)
-        except WireError as error:
-            self.log.error("ack_rejected", reason=str(error), size=len(payload))
+            ack = read_ack(payload, self.vin, self._auth_key)
+        except AckRejected as error:
+            if not error.forged:
+                self.log.error("ack_rejected", reason=str(error), size=len(payload))
+                return
+            self._counters.acks_rejected += 1
+            if str(error) not in self._mac_rejections:
+                self._mac_rejections.add(str(error))
+                self.log.error("ack_rejected", reason=str(error), size=len(payload), logged="once")
             return
-        if vin != self.vin:
-            self.log.error("ack_rejected", reason=f"ack names vin {vin!r}", size=len(payload))
+        if ack.schema_needed:
+            self._resend_schema(ack.schema_needed)
             return
-        if needed:
-            self._resend_schema(needed)
-            return
+        schema_stored = ack.schema_stored
         # Only what this process sent: the cost follows the chunks sent, never the width of a claimed range.
-        match = self._sent.match(ranges)
-        noted = self._sent.noted(wire.ack_noted(payload))
+        match = self._sent.match(ack.ranges)
+        noted = self._sent.noted(ack.noted)
         self._count_strays(match.unknown_boots, match.unmatched)
         if not match.ids and not noted:
             return  # names nothing this agent sent: not a receiver's ack of ours (stale, or forged)

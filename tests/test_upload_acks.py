@@ -288,3 +288,26 @@ def test_link_bytes_count_every_batch_and_ack_with_their_mqtt_framing(broker: Br
     finally:
         uploader.stop()
         peer.close()
+
+
+def test_an_ack_is_read_only_when_its_mac_its_bytes_and_its_vin_hold() -> None:
+    from agent.acks import read_ack
+    from agent.errors import AckRejected
+    from agent.wire import auth
+
+    key = bytes(range(32))
+    ack = wire.encode_ack(VIN, [ChunkId(BOOT, 3)], schema_stored=b"\x01" * 16)
+    read = read_ack(auth.sign(ack, key, VIN), VIN, key)
+    assert read.ranges == [(BOOT, 3, 3)] and read.schema_stored == b"\x01" * 16 and not read.schema_needed
+    assert read_ack(ack, VIN, None).ranges == read.ranges  # no key configured: nothing to verify
+    with pytest.raises(AckRejected) as unsigned:
+        read_ack(ack, VIN, key)
+    assert unsigned.value.forged
+    with pytest.raises(AckRejected) as wrong_key:
+        read_ack(auth.sign(ack, bytes(32), VIN), VIN, key)
+    assert wrong_key.value.forged
+    with pytest.raises(AckRejected, match="names vin 'OTHERVIN'"):
+        read_ack(wire.encode_ack("OTHERVIN", []), VIN, None)
+    with pytest.raises(AckRejected) as garbage:
+        read_ack(b"\x00garbage", VIN, None)
+    assert not garbage.value.forged
