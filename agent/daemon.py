@@ -68,7 +68,7 @@ class Agent:
         self.boot_id = new_boot_id()
         self.stop_event = threading.Event()
         self._last_changes: tuple[Any, ...] = ()  # what the last published status followed (_changes)
-        self._sent_shape: tuple[Any, ...] = ()  # the last MQTT status's state, budget and buses
+        self._sent_shape: tuple[Any, ...] = ()  # the last MQTT status's states: uploader, budget, buses
         self._sent_at = -math.inf  # when it was sent (monotonic)
         self._status_at = 0.0
         self.supervisor = Supervisor()  # sd_notify: READY, STATUS, WATCHDOG, STOPPING; no-ops outside systemd
@@ -192,8 +192,9 @@ class Agent:
             write_status_file(self.status_file, report)
         except OSError as error:
             self.log.warning("status_file_failed", path=str(self.status_file), reason=str(error))
-        # The broker's copy: a change of state (or of a bus's health) at once, figures at their interval.
-        shape = (report.state, report.budget_coarsened, report.buses)
+        # The broker's copy: a change of state (the uploader's, the budget's, a bus's) at once; figures,
+        # error counts included, at their interval (a babbling bus must not send a status a second).
+        shape = (report.state, report.budget_coarsened, tuple((b.state, b.troubled) for b in report.buses))
         due = time.monotonic() - self._sent_at >= self.config.status.publish_interval_s
         if shape != self._sent_shape or due or not only_if_changed:
             payload = wire.encode_status(report.to_proto(__version__))
