@@ -23,7 +23,7 @@ from tests.harness.waiting import wait_for
 
 SO_TIMESTAMPNS = 35
 VCAN = Path("/sys/class/net/vcan0")
-NO_VCAN = "no vcan0 interface: this machine's kernel lacks the vcan module; the virtual bus stands in"
+NO_VCAN = "no vcan0 interface: this kernel has no vcan module (nor AF_CAN); the virtual bus and a UDP socket stand in"
 
 
 @pytest.fixture(autouse=True)
