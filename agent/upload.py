@@ -3,8 +3,10 @@
 Contract
 - Runs on its own thread as a :class:`agent.stage.Stage` ("uploader") with its own buffer connection;
   paho's network thread only posts events (connected, disconnected, ack) into a queue, so every decision
-  happens on one thread. Each turn waits at most ``IDLE_WAIT_S`` for work (the heartbeat's declared
-  period), offline ``OFFLINE_WAIT_S`` (only paho's events bring work then); an unexpected error is logged as ``stage_failed`` and stops the agent.
+  happens on one thread (:class:`agent.broker_link.BrokerEvents`). Each turn waits at most
+  ``IDLE_WAIT_S`` for work (the heartbeat's declared period), offline ``OFFLINE_WAIT_S`` (only paho's
+  events bring work then); an unexpected error is logged as ``stage_failed`` and stops the agent.
+- What goes in each batch, what is in flight and what an ack settles is its :class:`agent.window.Window`.
 - Takes its configuration as it was read: :class:`agent.config.UploadConfig` and the ``mqtt`` section.
 - Publishes whole chunks, oldest first, as batches at QoS 1 on ``{prefix}/{vin}/telemetry``, keeping at
   most ``max_inflight_batches`` unacked, so the broker's per-subscriber queue never overflows. During a
@@ -35,8 +37,9 @@ Contract
   (:mod:`agent.broker_link`).
 - What other threads see: :meth:`Uploader.status`, an immutable :class:`UploadStatus` (state, a copy of
   the counters, the ack rate; defined in :mod:`agent.status`) that the uploader's thread publishes
-  under a lock after every turn and every transition. Everything else (``state``, the in-flight window, the :class:`DrainRate`) belongs
-  to the uploader's thread; :meth:`Uploader.publish_status` is the one call other threads make.
+  under a lock after every turn and every transition. Everything else (``state``, the window, the
+  :class:`DrainRate`) belongs to the uploader's thread; :meth:`Uploader.publish_status` is the one call
+  other threads make.
 """
 
 from __future__ import annotations
@@ -45,41 +48,30 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent import wire
-from agent.acks import SentLedger, read_ack
+from agent.acks import read_ack
 from agent.broker_link import BrokerEvents, FailureLog, describe_error, describe_refusal
-from agent.buffer import Buffer, StoredChunk
+from agent.buffer import Buffer
 from agent.config import UploadConfig
-from agent.errors import AckRejected, StorageError
-from agent.pacing import Pacer
+from agent.errors import AckRejected
 from agent.service import mqtt
 from agent.service.logs import get_logger
 from agent.stage import Stage
 from agent.status import DrainRate, State, UploadCounters, UploadStatus
+from agent.window import Window
 from agent.wire import auth
-from agent.wire.values import ChunkId
 
-DRAIN_THRESHOLD_CHUNKS = 5  # more unsent chunks than this after a batch means we are draining
 IDLE_WAIT_S = 2.0  # the longest wait for work (a commit, a broker event) while connected
 OFFLINE_WAIT_S = 5.0  # offline, only a broker event brings work (the heartbeat allows that much then)
 UNACKED_AFTER_TIMEOUTS = 3  # in flight with no ack for this many ack timeouts: NOT_ACKED
 
 __all__ = ["IDLE_WAIT_S", "State", "UploadCounters", "UploadStatus", "Uploader"]
-
-
-@dataclass
-class _InFlight:
-    ids: set[ChunkId]
-    samples: int
-    sent_at: float
 
 
 class Uploader(Stage):
@@ -103,15 +95,6 @@ class Uploader(Stage):
         self._status_lock = threading.Lock()
         self._status = UploadStatus(self.state, UploadCounters(), None)
         self._buffer: Buffer | None = None  # the uploader's thread's own connection (open() to close())
-        self._inflight: dict[int, _InFlight] = {}  # keyed by the batch's last buffer row
-        self._cursor = 0  # last buffer row handed to the broker since the last reset
-        self._fresh_after = 0  # buffer row: chunks after it were committed after the last publish/connect
-        self._packet_limit = 0  # the broker's Maximum Packet Size, 0 = none announced
-        self._pacer = Pacer(config.max_bytes_per_s, config.batch_interval_s, config.max_batch_bytes)
-        self._sent = SentLedger()  # what this process handed to the broker and has not seen acked
-        self._waiting_since: float | None = None  # monotonic: first send with no ack since
-        self._unknown_boot_logged = False
-        self._schemas_stored: set[bytes] = set()  # schema hashes an ack said a receiver stored
         base = f"{mqtt_config.prefix}/{vin}"
         self.telemetry_topic, self.ack_topic, self.status_topic = (
             f"{base}/telemetry",
@@ -128,6 +111,10 @@ class Uploader(Stage):
         self.client.will_set(self.status_topic, mqtt.offline_status(vin, self._auth_key), qos=1, retain=True)
         self._events = BrokerEvents(self.ack_topic, wake)  # paho's thread posts, this one decides
         self._events.attach(self.client)
+        # The batches: what goes next, what is in flight, what an ack settles (this thread's alone).
+        self.window = Window(
+            vin, config, self.client, self.telemetry_topic, self._sign, self._counters, self.log, wake
+        )
 
     # --- any thread ---------------------------------------------------------------------------------
     def status(self) -> UploadStatus:
@@ -188,9 +175,9 @@ class Uploader(Stage):
         self.wake.clear()
         self._drain_events(self._buffer)
         if self.state is not State.OFFLINE:
-            self._expire(time.monotonic())
+            self.window.expire(time.monotonic())
             self._check_unacked(time.monotonic(), self._buffer)
-            while len(self._inflight) < self.config.max_inflight_batches and self._send_one(self._buffer):
+            while not self.window.full and self._send_one(self._buffer):
                 self.heartbeat.beat()
         self._publish()
         return True
@@ -212,7 +199,7 @@ class Uploader(Stage):
     def _publish(self) -> None:
         """Publish what other threads may see (:meth:`status`)."""
         now = time.monotonic()
-        waited = None if self._waiting_since is None else now - self._waiting_since
+        waited = self.window.unacked_for(now)
         snapshot = UploadStatus(self.state, replace(self._counters), self.drain_rate.per_second(now), waited)
         with self._status_lock:
             self._status = snapshot
@@ -224,15 +211,11 @@ class Uploader(Stage):
             except queue.Empty:
                 return
             if kind == "connected":
-                self._reset()
-                self._waiting_since = None
                 self._failures.connected()
-                self._packet_limit = int(detail[1] or 0)
-                self._mark_backlog(buffer)
+                self.window.connected(int(detail[1] or 0), buffer)
                 self._transition(State.ONLINE, f"connected ({detail[0]})", buffer)
             elif kind in ("disconnected", "refused", "unreachable"):
-                self._reset()
-                self._waiting_since = None
+                self.window.disconnected()
                 if kind != "disconnected":
                     self._counters.connect_failures += 1
                     self._failures.failed(*self._describe(kind, detail))
@@ -260,177 +243,34 @@ class Uploader(Stage):
                 self.log.error("ack_rejected", reason=str(error), size=len(payload), logged="once")
             return
         if ack.schema_needed:
-            self._resend_schema(ack.schema_needed)
+            self.window.resend_schema(ack.schema_needed)
             return
-        schema_stored = ack.schema_stored
-        # Only what this process sent: the cost follows the chunks sent, never the width of a claimed range.
-        match = self._sent.match(ack.ranges)
-        noted = self._sent.noted(ack.noted)
-        self._count_strays(match.unknown_boots, match.unmatched)
-        if not match.ids and not noted:
-            return  # names nothing this agent sent: not a receiver's ack of ours (stale, or forged)
-        if schema_stored and len(self._schemas_stored) < 64:
-            self._schemas_stored.add(schema_stored)
-        acked = set(match.ids)
-        done = [key for key, batch in self._inflight.items() if batch.ids <= acked]
-        try:
-            deleted = buffer.delete(match.ranges) if match.ranges else 0
-            buffer.clear_noted(noted)
-        except StorageError as error:
-            self.log.error("ack_not_applied", reason=str(error))
+        settled = self.window.settle(buffer, ack)
+        if settled is None:
             return
-        self._waiting_since = None if len(done) == len(self._inflight) else time.monotonic()
+        self.drain_rate.add(settled.samples, time.monotonic())
         if self.state is State.NOT_ACKED:
             self._transition(State.ONLINE, "acked again", buffer)
-        self._counters.chunks_acked += deleted
-        self._counters.last_ack_at = time.time()
-        self.drain_rate.add(sum(self._inflight[key].samples for key in done), time.monotonic())
-        for key in done:
-            del self._inflight[key]
-        for batch in self._inflight.values():
-            batch.ids -= acked
-
-    def _resend_schema(self, digest: bytes) -> None:
-        """A receiver lacks the schema named ``digest``: send it whole again, from the oldest unacked."""
-        if digest not in self._schemas_stored:
-            return  # already sent whole (an answer to a batch that left before the last request)
-        self._schemas_stored.discard(digest)
-        self._counters.schemas_resent += 1
-        self.log.warning(
-            "schema_resent",
-            schema_hash=digest.hex(),
-            reason="a receiver does not hold the schema that batches named by hash",
-            action="sending the schema whole again, from the oldest unacked chunk",
-        )
-        self._reset()
 
     def _describe(self, kind: str, detail: Any) -> tuple[str, str]:
         """The reason class and detail of a failed connection (a refusal, or an error before any CONNACK)."""
         return describe_refusal(detail) if kind == "refused" else describe_error(detail, self.mqtt_config.tls)
 
-    def _count_strays(self, unknown_boots: frozenset[bytes], unmatched: int) -> None:
-        """Count ack ranges that name nothing this process sent; the first unknown boot is logged."""
-        self._counters.acks_unknown_boot += len(unknown_boots)
-        self._counters.acks_unmatched += unmatched
-        if unknown_boots and not self._unknown_boot_logged:
-            self._unknown_boot_logged = True  # once: a stranger's acks must not flood the journal
-            self.log.warning(
-                "ack_ignored",
-                reason="names a boot this agent never sent (a stale or forged ack; counted from now on)",
-                boot_id=min(unknown_boots).hex(),
-            )
-
     def _check_unacked(self, now: float, buffer: Buffer) -> None:
         """NOT_ACKED once batches have waited ``UNACKED_AFTER_TIMEOUTS`` ack timeouts with no ack."""
         limit = UNACKED_AFTER_TIMEOUTS * self.config.ack_timeout_s
-        if self._waiting_since is None or self.state is State.NOT_ACKED or now - self._waiting_since <= limit:
+        waited_s = self.window.unacked_for(now)
+        if waited_s is None or self.state is State.NOT_ACKED or waited_s <= limit:
             return
-        waited = round(now - self._waiting_since)
+        waited = round(waited_s)
         self._transition(State.NOT_ACKED, f"connected, but the receiver has not acked for {waited} s", buffer)
 
-    def _reset(self) -> None:
-        """Forget what is in flight: it will be sent again, oldest first."""
-        if self._inflight:
-            self._counters.resends += 1
-        self._inflight.clear()
-        self._cursor = 0
-
-    def _expire(self, now: float) -> None:
-        late = [b for b in self._inflight.values() if now - b.sent_at > self.config.ack_timeout_s]
-        if late:
-            self.log.warning("ack_timeout", batches=len(late), timeout_s=self.config.ack_timeout_s)
-            self._reset()
-
-    def _mark_backlog(self, buffer: Buffer) -> None:
-        """The connection is up: every chunk held now waited for it (backlog)."""
-        try:
-            self._fresh_after = max(self._fresh_after, buffer.newest_row())
-        except StorageError as error:  # the next send's read says it too; the split is only for latency
-            self.log.error("buffer_read_failed", reason=str(error))
-
-    def _encode(
-        self, buffer: Buffer, chunks: list[StoredChunk], notices: list[tuple[int, bytes, int, int]]
-    ) -> bytes:
-        schema = buffer.schema(chunks[0].schema_id)
-        evicted = [(boot, first, last) for _, boot, first, last in notices]
-        backlog = sum(1 for c in chunks if c.row_id <= self._fresh_after)  # a prefix: oldest first
-        payloads = [c.payload for c in chunks]
-        by_hash = wire.schema_hash(schema) in self._schemas_stored
-        return self._sign(
-            wire.encode_batch(
-                self.vin, schema, payloads, evicted, time.time(), self.config.compression, backlog, by_hash
-            )
-        )
-
     def _send_one(self, buffer: Buffer) -> bool:
-        try:
-            newest = buffer.newest_row()  # what this send could take: later ones are live at the next
-            chunks = buffer.oldest(self._cursor, self.config.max_batch_bytes)
-            notices = buffer.notices() if chunks else []
-        except StorageError as error:
-            self.log.error("buffer_read_failed", reason=str(error))
-            return False
-        if not chunks:
-            if self.state is State.DRAINING and not self._inflight:
-                self._transition(State.ONLINE, "backlog sent", buffer)
-            return self._send_notices_alone(buffer)
-        if self._pacer.holds(self.state is State.ONLINE, sum(len(c.payload) for c in chunks)):
-            return False
-        payload = self._encode(buffer, chunks, notices)
-        while self._packet_limit and len(payload) > self._packet_limit * 0.9 and len(chunks) > 1:
-            chunks = chunks[: len(chunks) // 2]  # the broker would refuse it: send fewer chunks
-            payload = self._encode(buffer, chunks, notices)
-        if not self._pacer.allows(len(payload)):
-            threading.Timer(0.1, self.wake.set).start()
-            return False
-        info = self.client.publish(self.telemetry_topic, payload, qos=1)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            self.log.warning("publish_failed", rc=paho.error_string(info.rc))
-            return False
-        self._cursor = chunks[-1].row_id
-        self._fresh_after = max(self._fresh_after, newest, self._cursor)  # sent once: a resend is backlog
-        ids = {ChunkId(c.boot_id, c.seq) for c in chunks}
-        self._note_sent(self._cursor, ids, sum(c.sample_count for c in chunks), notices, len(payload))
-        if self.state is State.ONLINE and len(
-            buffer.oldest(self._cursor, 1 << 30, DRAIN_THRESHOLD_CHUNKS + 1)
-        ) > (DRAIN_THRESHOLD_CHUNKS):
-            self._transition(State.DRAINING, "backlog found", buffer)
-        return True
-
-    def _send_notices_alone(self, buffer: Buffer) -> bool:
-        """Eviction notices left over with no chunk to ride along (say, the last commit was refused)."""
-        if self._inflight:
-            return False
-        try:
-            notices, schema_id = buffer.notices(), buffer.latest_schema_id()
-        except StorageError as error:
-            self.log.error("buffer_read_failed", reason=str(error))
-            return False
-        if not notices or schema_id is None:
-            return False
-        evicted = [(boot, first, last) for _, boot, first, last in notices]
-        payload = self._sign(
-            wire.encode_batch(
-                self.vin, buffer.schema(schema_id), [], evicted, time.time(), self.config.compression
-            )
-        )
-        if self.client.publish(self.telemetry_topic, payload, qos=1).rc != paho.MQTT_ERR_SUCCESS:
-            return False
-        self._note_sent(-1, set(), 0, notices, len(payload))
-        return False
-
-    def _note_sent(
-        self, key: int, ids: set[ChunkId], samples: int, notices: list[tuple[int, bytes, int, int]], size: int
-    ) -> None:
-        """A batch of ``size`` bytes went to the broker: in flight under ``key``, and counted."""
-        self._sent.sent(ids, ((boot, first, last) for _, boot, first, last in notices))
-        self._inflight[key] = _InFlight(ids, samples, time.monotonic())
-        if self._waiting_since is None:
-            self._waiting_since = time.monotonic()
-        self._counters.batches_sent += 1
-        self._counters.chunks_sent += len(ids)
-        self._counters.bytes_sent += size
-        self._counters.link_bytes += mqtt.publish_bytes(self.telemetry_topic, size) + mqtt.PUBACK_BYTES
+        """The window's next batch, and the state change it saw (a backlog found, or sent)."""
+        sent, change = self.window.send_one(buffer, self.state)
+        if change is not None:
+            self._transition(*change, buffer)
+        return sent
 
     def _transition(self, new: State, reason: str, buffer: Buffer) -> None:
         if new is self.state:

@@ -1012,7 +1012,7 @@ def test_a_late_ack_for_another_batch_does_not_clear_eviction_notices(tmp_path: 
     assert [c.seq for c in lost.chunks] == [0, 1] and [c.seq for c in late.chunks] == [2, 3]
     with Store(tmp_path / "store.sqlite") as store:  # a receiver stores Y; its ack is slow to come back
         ack_of_y = wire.encode_ack("REPRO0001", store.store_batch(late).stored)
-    uploader._reset()  # the ack timeout: everything unacked goes again, oldest first
+    uploader.window.reset()  # the ack timeout: everything unacked goes again, oldest first
     buffer.append(sid, [chunks[4]], BufferConfig(max_bytes=sum(sizes[:4]) - sizes[0] // 2))  # evicts seqs 0-1
     assert uploader._send_one(buffer)
     carrier = wire.decode_batch(sent[-1])  # seqs 2-3 again, now with the notice for 0-1; it is lost
