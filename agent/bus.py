@@ -93,7 +93,7 @@ class CountingSocketcanBus(SocketcanBus):
     ) -> None:
         super().__init__(channel=channel, **kwargs)
         self.health = health if health is not None else BusHealth(channel)
-        self.health.receive_buffer_bytes = size_receive_buffer(self.socket, receive_buffer_bytes)
+        self.health.receive_buffer(size_receive_buffer(self.socket, receive_buffer_bytes))
         self._counting = DropCountingSocket(self.socket, self.health)
 
     def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
@@ -122,16 +122,15 @@ def open_bus(
     try:
         if interface == "socketcan":
             bus = CountingSocketcanBus(channel, receive_buffer_bytes, health, **kwargs)
+            granted = bus.health.report().receive_buffer_bytes
             log.info(
                 "bus_receive_buffer",
                 channel=channel,
                 requested_bytes=receive_buffer_bytes,
-                granted_bytes=bus.health.receive_buffer_bytes,
-                action=(
-                    "raise net.core.rmem_max, or run with CAP_NET_ADMIN, for a larger one"
-                    if bus.health.receive_buffer_bytes < receive_buffer_bytes
-                    else ""
-                ),
+                granted_bytes=granted,
+                action="raise net.core.rmem_max, or run with CAP_NET_ADMIN, for a larger one"
+                if granted < receive_buffer_bytes
+                else "",
             )
             return bus
         return can.Bus(interface=interface, channel=channel, **kwargs)
@@ -196,10 +195,10 @@ def bus_frames(
     """Frames from a live bus, named ``channel`` and stamped on ``live_clock`` (default: the process's
     shared one); ``None`` after a quiet 50 ms that follows a frame (what is pending goes at once), then
     waits up to ``QUIET_WAIT_S`` at a time while the bus stays quiet (an idle bus costs no polling). Error
-    frames are counted in ``health`` (a SocketCAN bus's own by default). Runs on a reader thread;
+    frames are counted in ``health`` (the daemon passes the one it gave :func:`open_bus`). Runs on a reader thread;
     ``stop`` is seen within ``QUIET_WAIT_S``."""
     stamp = (live_clock or clock.SHARED).stamp
-    health = health or getattr(bus, "health", None) or BusHealth(channel)
+    health = health or BusHealth(channel)
     timeout = FRAME_GAP_S
     while not stop.is_set():
         try:
@@ -208,12 +207,15 @@ def bus_frames(
             log.error("bus_receive_failed", channel=channel, reason=str(error))
             stop.wait(1.0)
             continue
-        if frame is None or frame.is_error_frame or frame.is_remote_frame:
-            if frame is not None and frame.is_error_frame:
-                health.error_frame(frame.arbitration_id, bytes(frame.data))
-            if frame is None and timeout == FRAME_GAP_S:
-                yield None
-            timeout = QUIET_WAIT_S if frame is None else timeout
+        if frame is None:
+            if timeout == FRAME_GAP_S:
+                yield None  # quiet after a frame: what is pending goes now
+            timeout = QUIET_WAIT_S
+            continue
+        if frame.is_error_frame:
+            health.error_frame(frame.arbitration_id, bytes(frame.data))
+            continue
+        if frame.is_remote_frame:
             continue
         timeout = FRAME_GAP_S
         frame.channel = channel

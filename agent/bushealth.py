@@ -13,8 +13,8 @@ controller's detail in byte 1. python-can's other interfaces that report error f
 layout.
 
 Contract: a :class:`BusHealth` is written by its bus's reader thread only; the supervisor reads
-:meth:`BusHealth.report`, an immutable snapshot (it may be one frame behind, never torn: each counter is
-one attribute).
+:meth:`BusHealth.report`, an immutable snapshot swapped in whole (it may be one frame behind, never
+torn).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ log = get_logger("agent.bushealth")
 DROPS_LOG_EVERY_S = 60.0
 
 # <linux/can/error.h>: error classes in the id ...
-ERR_LOSTARB = 0x002
 ERR_CRTL = 0x004
 ERR_PROT = 0x008
 ERR_TRX = 0x010
@@ -79,68 +78,61 @@ class BusReport(NamedTuple):
 
 
 class BusHealth:
-    """One bus's running counters (see the module's contract)."""
+    """One bus's running counters: a :class:`BusReport` replaced whole on every change (see the module's
+    contract), so that :meth:`report` is a snapshot however often the reader writes."""
 
     def __init__(self, channel: str) -> None:
-        self.channel = channel
-        self.state = ACTIVE
-        self.kernel_dropped = 0
-        self.controller_overflows = 0
-        self.bus_errors = 0
-        self.bus_off = 0
-        self.error_frames = 0
-        self.receive_buffer_bytes = 0
+        self._report = BusReport(channel)
         self._drops_logged = 0
         self._drops_logged_at = -DROPS_LOG_EVERY_S
 
+    def report(self) -> BusReport:
+        return self._report
+
+    def receive_buffer(self, granted_bytes: int) -> None:
+        """The socket's receive buffer, as the kernel granted it."""
+        self._report = self._report._replace(receive_buffer_bytes=granted_bytes)
+
     def kernel_drops(self, total: int) -> None:
         """The socket's drop count as the kernel reported it with a frame (a running total)."""
-        if total == self.kernel_dropped:
+        now = self._report
+        if total == now.kernel_dropped:
             return
-        self.kernel_dropped = total
-        now = time.monotonic()
-        if now - self._drops_logged_at >= DROPS_LOG_EVERY_S:
+        self._report = now._replace(kernel_dropped=total)
+        clock = time.monotonic()
+        if clock - self._drops_logged_at >= DROPS_LOG_EVERY_S:
             log.warning(
                 "bus_frames_dropped",
-                channel=self.channel,
+                channel=now.channel,
                 dropped=total,
                 since_last=total - self._drops_logged,
-                receive_buffer_bytes=self.receive_buffer_bytes,
+                receive_buffer_bytes=now.receive_buffer_bytes,
                 action="the agent fell behind the bus: raise receive_buffer_bytes, or sample fewer signals",
             )
-            self._drops_logged, self._drops_logged_at = total, now
+            self._drops_logged, self._drops_logged_at = total, clock
 
     def error_frame(self, error_class: int, data: bytes) -> None:
         """Count one error frame: ``error_class`` its id's class bits, ``data`` its payload."""
-        self.error_frames += 1
+        was = self._report
         controller = data[1] if len(data) > 1 else 0
-        if error_class & BUS_ERROR_CLASSES:
-            self.bus_errors += 1
-        if error_class & ERR_CRTL and controller & (CRTL_RX_OVERFLOW | CRTL_TX_OVERFLOW):
-            self.controller_overflows += 1
-        state = self.state
+        crtl = controller if error_class & ERR_CRTL else 0  # byte 1 means something in a CRTL frame only
+        state = was.state
         if error_class & ERR_BUSOFF:
-            self.bus_off += 1
             state = BUS_OFF
-        elif error_class & ERR_RESTARTED or (error_class & ERR_CRTL and controller & CRTL_ACTIVE):
+        elif error_class & ERR_RESTARTED or crtl & CRTL_ACTIVE:
             state = ACTIVE
-        elif error_class & ERR_CRTL and controller & CRTL_PASSIVE:
+        elif crtl & CRTL_PASSIVE:
             state = PASSIVE
-        elif error_class & ERR_CRTL and controller & CRTL_WARNING:
+        elif crtl & CRTL_WARNING:
             state = WARNING
-        if state != self.state:
-            level = log.info if state in (ACTIVE, WARNING) else log.warning
-            level("bus_state", channel=self.channel, state=state, was=self.state, bus_off=self.bus_off)
-            self.state = state
-
-    def report(self) -> BusReport:
-        return BusReport(
-            self.channel,
-            self.state,
-            self.kernel_dropped,
-            self.controller_overflows,
-            self.bus_errors,
-            self.bus_off,
-            self.error_frames,
-            self.receive_buffer_bytes,
+        self._report = was._replace(
+            state=state,
+            error_frames=was.error_frames + 1,
+            bus_errors=was.bus_errors + bool(error_class & BUS_ERROR_CLASSES),
+            controller_overflows=was.controller_overflows
+            + bool(crtl & (CRTL_RX_OVERFLOW | CRTL_TX_OVERFLOW)),
+            bus_off=was.bus_off + bool(error_class & ERR_BUSOFF),
         )
+        if state != was.state:
+            level = log.info if state in (ACTIVE, WARNING) else log.warning
+            level("bus_state", channel=was.channel, state=state, was=was.state, bus_off=self._report.bus_off)

@@ -183,7 +183,7 @@ class Agent:
         changes = self._changes()
         self._changed = changes != self._last_changes
         fresh = time.monotonic() - self._status_at < STATUS_REFRESH_S
-        if only_if_changed and fresh and changes == self._last_changes:
+        if only_if_changed and fresh and not self._changed:
             return None
         report = self.report()
         self._last_changes, self._status_at = changes, time.monotonic()

@@ -35,7 +35,7 @@ from agent.chunk import Chunker
 from agent.config import BufferConfig
 from agent.decode import Decoder
 from agent.latest import LatestValues
-from agent.sample import MICROS, Sampler
+from agent.sample import Sampler, to_micros
 from agent.service.logs import get_logger
 from agent.source import FrameFeed
 from agent.stage import Stage
@@ -109,7 +109,6 @@ class Pipeline(Stage):
             self.log.info("backpressure_released", held_s=round(time.monotonic() - self._held_since, 1))
             self._held_since = None
         decode, feed_sampler = self.decoder.decode, self.sampler.feed
-        micros = MICROS
         idle = not self._fed and not self.writer.pending  # nothing to commit: no need to wake for it
         due_in = IDLE_WAIT_S if idle else min(self._next_commit - time.monotonic(), PERIOD_S)
         if idle:
@@ -122,7 +121,7 @@ class Pipeline(Stage):
                 self._next_commit = max(self._next_commit, time.monotonic() + self.commit_interval_s)
             self._fed = True
             for frame in frames:
-                feed_sampler(round(frame.timestamp * micros), decode(frame))  # to_micros, inlined
+                feed_sampler(to_micros(frame.timestamp), decode(frame))
             self.latest.publish()
         if time.monotonic() >= self._next_commit and (self._fed or self.writer.pending):
             self._fed = False
@@ -177,8 +176,7 @@ class Pipeline(Stage):
     def _follow_budget(self, buffer: Buffer) -> None:
         """Between two commits (no chunk open, none waiting in the writer): code the next chunks with the
         schema that ``coarsen`` asks for. Each chunk names its schema, so the receiver decodes both."""
-        coarse = self.coarsen.is_set() and self.budget_schema is not None
-        wanted = self.budget_schema if coarse and self.budget_schema else self.schema
+        wanted = self.budget_schema if self.coarsen.is_set() and self.budget_schema else self.schema
         if wanted is self.chunker.schema or self.writer.pending or len(self.chunker):
             return
         self.chunker.schema = wanted

@@ -5,6 +5,7 @@ waited for, without READY but with the watchdog going."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -27,16 +28,6 @@ from tests.harness.drive import DBC, ROOT, SIGNALS, agent_config
 from tests.harness.waiting import wait_for, wait_for_text
 
 pytestmark = pytest.mark.slow
-
-
-def send_paced(sender: can.BusABC, frames: list[can.Message]) -> None:
-    """Send ``frames`` at their log's own pace: a live agent stamps frames as they arrive."""
-    start = time.monotonic()
-    for frame in frames:
-        delay = start + (frame.timestamp - frames[0].timestamp) - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        sender.send(frame)
 
 
 def test_live_virtual_bus_reaches_the_receiver(broker: Broker, tmp_path: Path) -> None:
@@ -62,8 +53,14 @@ def test_live_virtual_bus_reaches_the_receiver(broker: Broker, tmp_path: Path) -
     agent.start()
     sender = can.Bus(interface="virtual", channel="edge-live")
     try:
-        send_paced(sender, list(simulate("highway", 3.0, seed=3, dbc_path=DBC)))  # the bus spans 3 s
-        time.sleep(1.0)
+        frames = [f for f in simulate("highway", 3.0, seed=3, dbc_path=DBC)]
+        start = time.monotonic()
+        for frame in frames:  # at the log's own pace, so the bus clock spans 3 s
+            delay = start + (frame.timestamp - frames[0].timestamp) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            sender.send(frame)
+        wait_for(lambda: agent.decoder.stats.frames >= len(frames))  # all taken; the stop commits them
         agent.stop_event.set()
         result = agent.run()
     finally:
@@ -291,8 +288,15 @@ def test_the_brokers_status_waits_its_interval_while_only_its_figures_change(
         wait_for(lambda: agent.uploader.status().state is not State.OFFLINE, timeout=15)
         first = agent.publish_status(only_if_changed=True)  # a new state: sent at once
         assert first is not None
-        send_paced(sender, list(simulate("highway", 0.5, seed=4, dbc_path=DBC)))
-        wait_for(lambda: agent.pipeline.samples_committed > 0, timeout=15)
+        # One frame at a time, each once the agent has taken the last (its reader hands frames over after
+        # a quiet 50 ms): the frames span ticks of the live clock, until a commit holds a sample.
+        deadline = time.monotonic() + 15
+        for taken, frame in enumerate(itertools.cycle(simulate("highway", 0.5, seed=4, dbc_path=DBC))):
+            if agent.pipeline.samples_committed > 0:
+                break
+            assert time.monotonic() < deadline, "no sample committed in 15 s"
+            sender.send(frame)
+            wait_for(lambda: agent.decoder.stats.frames > taken, timeout=15)  # noqa: B023
         figures = agent.publish_status(only_if_changed=True)  # figures only: the file, not the broker
         assert figures is not None and figures.state == first.state
         assert json.loads(agent.status_file.read_text())["updated_at"] == figures.updated_at

@@ -51,7 +51,7 @@ def test_a_live_bus_is_bound_and_its_feed_ends_at_shutdown_while_its_reader_stil
 ) -> None:
     stop = threading.Event()
     readers = Readers(config(tmp_path, SourceConfig(kind="bus"), "edge-readers", "virtual"), stop)
-    assert len(readers.health) == 1 and readers.health[0].channel == "edge-readers"
+    assert len(readers.health) == 1 and readers.health[0].report().channel == "edge-readers"
     readers.start()
     wait_for(readers.all_bound, timeout=5)
     stop.set()

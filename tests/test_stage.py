@@ -88,8 +88,10 @@ def test_the_heartbeat_moves_on_every_turn() -> None:
 def test_a_hook_that_raises_is_a_critical_event_with_its_traceback() -> None:
     with capture_logs() as logs:
         stage = Probe(fail_in="run_once")
+        stage.alarm = threading.Event()  # the owner's wake-up (the daemon's stop event)
         stage.start()
         assert stage.failed.wait(DEADLINE_S), "the stage did not report its failure"
+        assert stage.alarm.is_set(), "the owner was woken"
         assert stage.join(DEADLINE_S), "a failed stage's thread ends"
     [entry] = failures(logs)
     assert entry["log_level"] == "critical" and entry["stage"] == "probe"
